@@ -1,0 +1,94 @@
+r"""Vanilla (Elman) RNN cell, PyTorch ``nn.RNN`` layout.
+
+.. math::
+
+    a_t = W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}, \qquad h_t = \phi(a_t)
+
+with :math:`\phi = \tanh` (``rnn_tanh``) or :math:`\phi = \max(0, \cdot)` (``rnn_relu``). Both biases are folded
+into the input projection ``pre``. The state is :math:`s = h` and the step Jacobian is
+
+.. math::
+
+    J_t = \frac{\partial h_t}{\partial h_{t-1}} = \operatorname{diag}(\phi'(a_t))\, W_{hh},
+    \qquad \phi'(a_t) = 1 - h_t^2 \ (\tanh), \quad [h_t > 0] \ (\mathrm{relu}).
+
+BPTT: :math:`\bar h_t = g_t + W_{hh}^\top \bar a_{t+1}` and :math:`\bar a_t = \phi'(a_t) \odot \bar h_t`, where
+:math:`g_t` is the loss's direct gradient on :math:`h_t`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STATE_FACTOR = 1  # state size = STATE_FACTOR * H
+
+
+def _derivative(h: np.ndarray, nonlinearity: str) -> np.ndarray:
+    """phi'(a_t) written in terms of h_t = phi(a_t)."""
+    if nonlinearity == "tanh":
+        return 1.0 - h * h
+    return (h > 0).astype(h.dtype)
+
+
+def forward(pre, h0, c0, w_hh, b_hh, *, nonlinearity: str = "tanh") -> dict[str, np.ndarray]:
+    """Run the recurrence in place: on return ``pre[t]`` holds ``h_t``. ``b_hh`` is already in ``pre``."""
+    del c0, b_hh
+    T = pre.shape[0]
+    w_hh_t = w_hh.T
+    rec = np.empty_like(h0)
+    h_prev = h0
+    act = np.tanh if nonlinearity == "tanh" else None
+    for t in range(T):
+        a = pre[t]  # (B, H)
+        np.matmul(h_prev, w_hh_t, out=rec)
+        a += rec
+        if act is not None:
+            act(a, out=a)
+        else:
+            np.maximum(a, 0, out=a)
+        h_prev = a
+    return {"h": pre}
+
+
+def backward(arrays, h0, c0, w_hh, grad_h, *, nonlinearity: str = "tanh") -> dict[str, np.ndarray]:
+    """BPTT through all steps. Returns total ``grad_h``, pre-activation gradient ``d_pre`` and ``grad_h0``."""
+    del h0, c0
+    h = arrays["h"]
+    T = h.shape[0]
+    total = grad_h.copy()  # (T, B, H): becomes the total dL/dh_t
+    d_pre = np.empty_like(h)  # (T, B, H): dL/da_t
+    dh_rec = np.zeros_like(h[0])
+    tanh = nonlinearity == "tanh"
+    for t in range(T - 1, -1, -1):
+        dh = total[t]
+        if t < T - 1:
+            dh += dh_rec
+        da = d_pre[t]
+        if tanh:
+            np.multiply(h[t], h[t], out=da)
+            np.subtract(1.0, da, out=da)
+            da *= dh
+        else:
+            np.multiply(dh, h[t] > 0, out=da)
+        np.matmul(da, w_hh, out=dh_rec)  # (B, H) @ (H, H) = W_hh^T da per row
+    return {"grad_h": total, "d_pre": d_pre, "d_pre_rec": d_pre, "grad_h0": dh_rec}
+
+
+def _phi_prime(arrays, t, nonlinearity):
+    return _derivative(arrays["h"][t], nonlinearity)
+
+
+def jvp(arrays, h0, c0, w_hh, t, v, *, nonlinearity: str = "tanh") -> np.ndarray:
+    """``J_t v`` for every batch row: v (B, H) -> (B, H)."""
+    return _phi_prime(arrays, t, nonlinearity) * (v @ w_hh.T)
+
+
+def vjp(arrays, h0, c0, w_hh, t, u, *, nonlinearity: str = "tanh") -> np.ndarray:
+    """``u^T J_t`` for every batch row: u (B, H) -> (B, H)."""
+    return (_phi_prime(arrays, t, nonlinearity) * u) @ w_hh
+
+
+def step_jacobian(arrays, h0, c0, w_hh, t, batch, *, nonlinearity: str = "tanh") -> np.ndarray:
+    """``J_t = diag(phi'(a_t)) W_hh`` for the rows ``batch``: (len(batch), H, H)."""
+    d = _phi_prime(arrays, t, nonlinearity)[batch]  # (b, H)
+    return d[:, :, None] * w_hh[None, :, :]

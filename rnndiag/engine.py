@@ -1,0 +1,304 @@
+"""Forward passes and exact backpropagation through time over stacked layers, and the Trace they record.
+
+Data flow: ``forward(model, x)`` -> :class:`Trace` (activations and gates: everything that defines the step
+Jacobians, O(T*B*H)); ``bptt(model, x, grad_h)`` adds the total gradients ``dL/dh_t`` (``dL/dc_t``), the input and
+initial-state gradients and every parameter gradient.
+
+Per layer the work is: one matrix product for all timesteps' input projections ``(T*B, I) @ (I, G*H)``; the
+recurrence (the only Python loop, in the cell module); after the backward sweep, one product per weight for its
+gradient over all timesteps and one for the gradient passed to the layer below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validation import check_array
+from .cells import cell_module
+from .model import RNNModel
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    """What one layer recorded. ``arrays`` holds the cell's activations (see the cell module's ``forward``)."""
+
+    cell: str
+    layer: int
+    w_hh: np.ndarray  # (G*H, H), the weights the Jacobians use
+    h0: np.ndarray  # (B, H)
+    c0: np.ndarray | None  # (B, H) for LSTM
+    arrays: dict[str, np.ndarray] = field(repr=False)
+    grad_h: np.ndarray | None = field(default=None, repr=False)  # (T, B, H) total dL/dh_t
+    grad_c: np.ndarray | None = field(default=None, repr=False)  # (T, B, H) total dL/dc_t (LSTM)
+
+    @property
+    def h(self) -> np.ndarray:
+        return self.arrays["h"]
+
+    @property
+    def c(self) -> np.ndarray | None:
+        return self.arrays.get("c")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.h0.shape[1]
+
+    @property
+    def state_size(self) -> int:
+        return 2 * self.hidden_size if self.cell == "lstm" else self.hidden_size
+
+    def _kwargs(self):
+        return {"nonlinearity": "relu" if self.cell == "rnn_relu" else "tanh"} if self.cell.startswith("rnn") else {}
+
+    def _t(self, t: int) -> int:
+        T = self.h.shape[0]
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+            raise TypeError(f"t must be an integer timestep; got {t!r}")
+        if not -T <= t < T:
+            raise IndexError(f"t={t} is out of range for a sequence of length {T} (use 0..{T - 1} or -{T}..-1)")
+        return int(t) % T
+
+    def _vec(self, v, name):
+        B = self.h0.shape[0]
+        return check_array(v, name, (B, self.state_size), self.h.dtype)
+
+    def step_jacobian(self, t: int, batch=None) -> np.ndarray:
+        """``d s_t / d s_{t-1}`` (len(batch), S, S); ``batch`` an index, slice or index array (default all)."""
+        t = self._t(t)
+        B = self.h0.shape[0]
+        idx = np.arange(B)[batch if batch is not None else slice(None)]
+        idx = np.atleast_1d(idx)
+        mod = cell_module(self.cell)
+        return mod.step_jacobian(self.arrays, self.h0, self.c0, self.w_hh, t, idx, **self._kwargs())
+
+    def jvp(self, t: int, v) -> np.ndarray:
+        """``J_t v`` per batch row; v (B, S)."""
+        t = self._t(t)
+        mod = cell_module(self.cell)
+        return mod.jvp(self.arrays, self.h0, self.c0, self.w_hh, t, self._vec(v, "v"), **self._kwargs())
+
+    def vjp(self, t: int, u) -> np.ndarray:
+        """``u^T J_t`` per batch row; u (B, S)."""
+        t = self._t(t)
+        mod = cell_module(self.cell)
+        return mod.vjp(self.arrays, self.h0, self.c0, self.w_hh, t, self._vec(u, "u"), **self._kwargs())
+
+    def state(self, t: int) -> np.ndarray:
+        """``s_t`` (B, S): h_t, or [h_t; c_t] for LSTM; ``t = -1`` is not the initial state, use ``initial_state``."""
+        t = self._t(t)
+        if self.cell == "lstm":
+            return np.concatenate([self.h[t], self.arrays["c"][t]], axis=1)
+        return self.h[t]
+
+    @property
+    def initial_state(self) -> np.ndarray:
+        if self.cell == "lstm":
+            return np.concatenate([self.h0, self.c0], axis=1)
+        return self.h0
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [*self.arrays.values(), self.grad_h, self.grad_c]
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A forward (and, after :func:`bptt`, backward) pass over a sequence.
+
+    ``h`` (T, B, H) is the last layer's output; ``grad_h`` (T, B, H) its total ``dL/dh_t``; ``layers`` holds
+    every layer's record. ``param_grads`` is keyed like the weights.
+    """
+
+    model: RNNModel = field(repr=False)
+    x: np.ndarray = field(repr=False)  # (T, B, I)
+    layers: tuple[LayerTrace, ...] = field(repr=False)
+    grad_x: np.ndarray | None = field(default=None, repr=False)  # (T, B, I)
+    grad_h0: np.ndarray | None = field(default=None, repr=False)  # (L, B, H)
+    grad_c0: np.ndarray | None = field(default=None, repr=False)  # (L, B, H), LSTM
+    param_grads: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def seq_len(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def h(self) -> np.ndarray:
+        return self.layers[-1].h
+
+    @property
+    def c(self) -> np.ndarray | None:
+        return self.layers[-1].c
+
+    @property
+    def grad_h(self) -> np.ndarray | None:
+        return self.layers[-1].grad_h
+
+    @property
+    def grad_c(self) -> np.ndarray | None:
+        return self.layers[-1].grad_c
+
+    @property
+    def h_n(self) -> np.ndarray:
+        """Final hidden state of every layer (L, B, H), as PyTorch returns it."""
+        return np.stack([lt.h[-1] for lt in self.layers])
+
+    @property
+    def c_n(self) -> np.ndarray | None:
+        if self.model.cell != "lstm":
+            return None
+        return np.stack([lt.arrays["c"][-1] for lt in self.layers])
+
+    def step_jacobian(self, t: int, layer: int = -1, batch=None) -> np.ndarray:
+        """``d s_t / d s_{t-1}`` of one layer at step ``t``: (B, S, S) (or the rows ``batch``)."""
+        return self._layer(layer).step_jacobian(t, batch)
+
+    def jvp(self, t: int, v, layer: int = -1) -> np.ndarray:
+        """``J_t v`` for v (B, S)."""
+        return self._layer(layer).jvp(t, v)
+
+    def vjp(self, t: int, u, layer: int = -1) -> np.ndarray:
+        """``u^T J_t`` for u (B, S)."""
+        return self._layer(layer).vjp(t, u)
+
+    def _layer(self, layer: int) -> LayerTrace:
+        L = len(self.layers)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -L <= layer < L:
+            raise IndexError(f"layer={layer!r} is out of range for a {L}-layer model (use 0..{L - 1} or -1)")
+        return self.layers[layer]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the recorded arrays (O(T*B*H))."""
+        extra = [self.grad_x, self.grad_h0, self.grad_c0]
+        return sum(lt.nbytes for lt in self.layers) + int(sum(a.nbytes for a in extra if a is not None))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def _check_inputs(model: RNNModel, x, state0):
+    if not isinstance(model, RNNModel):
+        raise TypeError(f"model must be an RNNModel (from init_model or load_weights); got {type(model).__name__}")
+    dtype = model.dtype
+    x = check_array(x, "x", ("T", "B", model.input_size), dtype)
+    T, B, _ = x.shape
+    L, H = model.num_layers, model.hidden_size
+    if state0 is None:
+        h0 = np.zeros((L, B, H), dtype)
+        c0 = np.zeros((L, B, H), dtype) if model.cell == "lstm" else None
+    elif model.cell == "lstm":
+        if not isinstance(state0, (tuple, list)) or len(state0) != 2:
+            raise TypeError("state0 for an LSTM must be the tuple (h0, c0), each of shape (num_layers, B, H)")
+        h0 = check_array(state0[0], "state0 h0", (L, B, H), dtype)
+        c0 = check_array(state0[1], "state0 c0", (L, B, H), dtype)
+    else:
+        if isinstance(state0, (tuple, list)):
+            raise TypeError(f"state0 for a {model.cell} is h0 of shape ({L}, {B}, {H}), not a tuple")
+        h0 = check_array(state0, "state0", (L, B, H), dtype)
+        c0 = None
+    return x, h0, c0
+
+
+def _input_projection(layer_input: np.ndarray, w_ih, b_ih, b_hh, cell: str) -> np.ndarray:
+    """All timesteps at once: (T*B, I) @ (I, G*H) + biases -> (T, B, G*H)."""
+    T, B, I = layer_input.shape
+    pre = layer_input.reshape(T * B, I) @ w_ih.T  # (T*B, G*H)
+    if b_ih is not None:
+        pre += b_ih
+        if cell != "gru":  # a GRU adds b_hh per step, inside r * (W_hn h + b_hn)
+            pre += b_hh
+    return pre.reshape(T, B, -1)
+
+
+def _run_forward(model: RNNModel, x, h0, c0) -> list[LayerTrace]:
+    layers = []
+    layer_input = x
+    kwargs = {"nonlinearity": model.nonlinearity} if model.cell.startswith("rnn") else {}
+    mod = cell_module(model.cell)
+    for layer in range(model.num_layers):
+        w_ih, w_hh, b_ih, b_hh = model.layer_params(layer)
+        pre = _input_projection(layer_input, w_ih, b_ih, b_hh, model.cell)
+        c0_l = c0[layer] if c0 is not None else None
+        arrays = mod.forward(pre, h0[layer], c0_l, w_hh, b_hh, **kwargs)
+        layers.append(LayerTrace(model.cell, layer, w_hh, h0[layer], c0_l, arrays))
+        layer_input = arrays["h"]
+    return layers
+
+
+def forward(model: RNNModel, x, state0=None) -> Trace:
+    """Run ``model`` over ``x`` (T, B, I) and record what the Jacobians need; no gradients.
+
+    >>> from rnndiag import init_model
+    >>> m = init_model("gru", 3, 5, seed=0)
+    >>> forward(m, np.zeros((10, 2, 3))).h.shape
+    (10, 2, 5)
+    """
+    x, h0, c0 = _check_inputs(model, x, state0)
+    return Trace(model, x, tuple(_run_forward(model, x, h0, c0)))
+
+
+def bptt(model: RNNModel, x, grad_h, state0=None, *, param_grads: bool = True) -> Trace:
+    """Forward, then exact backpropagation through time of a loss whose gradient on the outputs is ``grad_h``.
+
+    ``grad_h`` (T, B, H) is ``dL/dh_t`` of the last layer's output as the loss sees it (zeros where it does not
+    look). The returned :class:`Trace` carries the total ``grad_h`` (carried through time), ``grad_c`` (LSTM),
+    ``grad_x``, ``grad_h0``/``grad_c0`` and, unless ``param_grads=False``, ``param_grads``.
+
+    >>> from rnndiag import init_model
+    >>> m = init_model("lstm", 3, 5, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((20, 4, 3))
+    >>> g = np.zeros((20, 4, 5)); g[-1] = 1.0          # L = sum of h_T
+    >>> tr = bptt(m, x, g)
+    >>> tr.param_grads["weight_hh_l0"].shape, tr.step_jacobian(5).shape
+    ((20, 5), (4, 10, 10))
+    """
+    x, h0, c0 = _check_inputs(model, x, state0)
+    T, B, _ = x.shape
+    grad_h = check_array(grad_h, "grad_h", (T, B, model.hidden_size), model.dtype)
+    layers = _run_forward(model, x, h0, c0)
+    mod = cell_module(model.cell)
+    kwargs = {"nonlinearity": model.nonlinearity} if model.cell.startswith("rnn") else {}
+    grads: dict[str, np.ndarray] = {}
+    grad_h0 = np.empty_like(h0)
+    grad_c0 = np.empty_like(c0) if c0 is not None else None
+    direct = grad_h
+    out_layers: list[LayerTrace] = [None] * model.num_layers  # type: ignore[list-item]
+    grad_x = None
+    for layer in range(model.num_layers - 1, -1, -1):
+        lt = layers[layer]
+        w_ih, w_hh, b_ih, b_hh = model.layer_params(layer)
+        back = mod.backward(lt.arrays, lt.h0, lt.c0, w_hh, direct, **kwargs)
+        d_pre, d_pre_rec = back["d_pre"], back["d_pre_rec"]
+        G = d_pre.shape[2]
+        layer_input = x if layer == 0 else layers[layer - 1].h
+        I = layer_input.shape[2]
+        d_pre_2d = d_pre.reshape(T * B, G)
+        if param_grads:
+            grads[f"weight_ih_l{layer}"] = d_pre_2d.T @ layer_input.reshape(T * B, I)
+            # W_hh sees h_{t-1}: h0 at t = 0, then h_0 .. h_{T-2}
+            d_rec_2d = d_pre_rec.reshape(T * B, G)
+            g_hh = d_rec_2d[B:].T @ lt.h[:-1].reshape((T - 1) * B, -1) if T > 1 else 0.0
+            grads[f"weight_hh_l{layer}"] = g_hh + d_pre_rec[0].T @ lt.h0
+            if b_ih is not None:
+                grads[f"bias_ih_l{layer}"] = d_pre_2d.sum(axis=0)
+                grads[f"bias_hh_l{layer}"] = d_rec_2d.sum(axis=0) if model.cell == "gru" else \
+                    grads[f"bias_ih_l{layer}"].copy()
+        grad_h0[layer] = back["grad_h0"]
+        if grad_c0 is not None:
+            grad_c0[layer] = back["grad_c0"]
+        # gradient on this layer's input: one product over all timesteps
+        below = (d_pre_2d @ w_ih).reshape(T, B, I)
+        if layer == 0:
+            grad_x = below
+        else:
+            direct = below
+        out_layers[layer] = LayerTrace(lt.cell, lt.layer, lt.w_hh, lt.h0, lt.c0, lt.arrays,
+                                       back["grad_h"], back.get("grad_c"))
+    if param_grads:
+        grads = {k: np.ascontiguousarray(grads[k], dtype=model.dtype) for k in model.params}
+    return Trace(model, x, tuple(out_layers), grad_x, grad_h0, grad_c0, grads if param_grads else None)

@@ -1,0 +1,236 @@
+"""Load and save weights with PyTorch's state_dict names: ``.npz`` always, ``.pt``/``.pth`` when torch is installed.
+
+No pickle is ever loaded: ``np.load(..., allow_pickle=False)`` and ``torch.load(..., weights_only=True)``.
+Every problem with a file raises :class:`WeightsFileError` (a ``ValueError``) whose one-line message names the
+file and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import check_cell, check_dtype
+from .model import RNNModel, param_shapes
+
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)$")
+CELL_KEY = "rnndiag_cell"  # optional 0-d string array: the cell name, so rnn_relu survives a round trip
+_GATES_TO_CELL = {1: "rnn_tanh", 3: "gru", 4: "lstm"}
+
+
+class WeightsFileError(ValueError):
+    """A weights file cannot be used; the message says why and how to fix it."""
+
+
+def _fail(path: Path, message: str) -> WeightsFileError:
+    return WeightsFileError(f"weights file {str(path)!r}: {message}")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise _fail(path, "holds a single array, not named weights; save a dict with np.savez(path, **state_dict)")
+            return {k: data[k] for k in data.files}
+    except WeightsFileError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise _fail(path, "holds a pickled object array, which rnndiag never loads; save plain numeric "
+                              "arrays (np.savez(path, **{k: v.numpy() for k, v in sd.items()}))") from None
+        raise _fail(path, f"is not a readable .npz ({exc}); re-save it with np.savez") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        raise _fail(path, f"is corrupt or truncated ({type(exc).__name__}: {exc}); re-save it with np.savez") from None
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise _fail(path, "is a PyTorch file but torch is not installed; pip install 'rnndiag[torch]', or "
+                          "convert it to .npz with np.savez(p, **{k: v.numpy() for k, v in sd.items()})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files (UnpicklingError, RuntimeError, EOFError ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _fail(path, f"cannot be read as a weights-only PyTorch state_dict ({first[:160]}); save "
+                          "model.state_dict() with torch.save") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # a checkpoint dict {"state_dict": ..., "epoch": ...}
+    if not isinstance(obj, dict):
+        raise _fail(path, f"holds a {type(obj).__name__}, not a state_dict; save model.state_dict() with torch.save")
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise _fail(path, f"entry {k!r} is a {type(v).__name__}, not a tensor; save model.state_dict()")
+        if v.dtype in (torch.float16, torch.bfloat16):
+            v = v.float()
+        out[str(k)] = v.detach().cpu().numpy()
+    return out
+
+
+def read_state_dict(path) -> dict[str, np.ndarray]:
+    """The raw arrays of a weights file, unchecked (keys as stored)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        raise _fail(path, "is a folder; pass the .npz or .pt file inside it")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix in (".pt", ".pth"):
+        return _read_torch(path)
+    raise _fail(path, f"has an unknown extension {suffix or '(none)'!r}; use .npz (or .pt/.pth with torch installed)")
+
+
+def _strip_prefix(path: Path, raw: dict[str, np.ndarray], prefix: str | None) -> dict[str, np.ndarray]:
+    if prefix:
+        if not prefix.endswith("."):
+            prefix += "."
+        picked = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+        if not picked:
+            raise _fail(path, f"has no keys under prefix {prefix!r}; its keys start with "
+                              f"{sorted({k.split('.')[0] for k in raw})[:5]}")
+        return picked
+    # a whole-model state_dict whose RNN lives under one prefix ("encoder.rnn.weight_ih_l0"): take it if unique
+    found = {k[: -len("weight_ih_l0")] for k in raw if k.endswith("weight_ih_l0")}
+    if len(found) == 1:
+        (only,) = found
+        if only:
+            stray = [k for k in raw if not k.startswith(only) and k != CELL_KEY]
+            if stray:
+                raise _fail(path, f"holds other modules' keys besides the RNN under {only!r} (e.g. {stray[0]!r}); "
+                                  f"pass prefix={only[:-1]!r} (CLI: --prefix) to pick the RNN")
+            return {k[len(only):]: v for k, v in raw.items() if k.startswith(only)} | (
+                {CELL_KEY: raw[CELL_KEY]} if CELL_KEY in raw else {})
+        return raw
+    if len(found) > 1:
+        raise _fail(path, f"holds several recurrent modules ({', '.join(sorted(p or '(top)' for p in found))}); "
+                          "pass prefix= (CLI: --prefix) to choose one")
+    return raw
+
+
+def load_weights(path, cell: str | None = None, *, dtype=None, prefix: str | None = None) -> RNNModel:
+    """Load an ``nn.RNN/nn.LSTM/nn.GRU`` state_dict saved as ``.npz`` (PyTorch key names) or ``.pt``/``.pth``.
+
+    The cell type, sizes and layer count are inferred from the keys and shapes; ``cell`` overrides (an RNN's
+    tanh/relu cannot be inferred: default ``rnn_tanh``, pass ``cell="rnn_relu"``). The weights keep their dtype
+    unless ``dtype`` is given. ``prefix`` picks the RNN out of a whole model's state_dict (``"encoder.rnn"``).
+
+    >>> import tempfile, os
+    >>> from rnndiag import init_model
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.npz"); save_weights(init_model("gru", 2, 4, seed=0), p)
+    >>> load_weights(p).cell
+    'gru'
+    """
+    path = Path(path)
+    raw = _strip_prefix(path, read_state_dict(path), prefix)
+    stored_cell = raw.pop(CELL_KEY, None)
+    if stored_cell is not None:
+        if stored_cell.dtype.kind != "U" or stored_cell.ndim != 0:
+            raise _fail(path, f"key {CELL_KEY!r} must be a 0-d string array naming the cell")
+        stored_cell = str(stored_cell)
+    if any(k.endswith("_reverse") for k in raw):
+        raise _fail(path, "is a bidirectional RNN (keys ending in _reverse); rnndiag analyses one direction: "
+                          "save a unidirectional model or drop the _reverse keys")
+    if any(k.startswith("weight_hr_l") for k in raw):
+        raise _fail(path, "is an LSTM with proj_size > 0 (weight_hr_l* keys), which rnndiag does not support yet")
+    unknown = [k for k in raw if not _KEY.match(k)]
+    if unknown:
+        raise _fail(path, f"has keys that are not nn.RNN/LSTM/GRU parameters: {', '.join(unknown[:5])}; expected "
+                          "weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ... (or pass prefix=)")
+    if "weight_hh_l0" not in raw or "weight_ih_l0" not in raw:
+        missing = [k for k in ("weight_ih_l0", "weight_hh_l0") if k not in raw]
+        raise _fail(path, f"is missing {', '.join(missing)}; expected PyTorch names weight_ih_l0, weight_hh_l0, ...")
+    for k, v in raw.items():
+        if v.dtype.kind not in "fiu":
+            raise _fail(path, f"key {k!r} has dtype {v.dtype}, not numbers; save float arrays")
+        if not np.isfinite(v).all():
+            raise _fail(path, f"key {k!r} contains NaN or Inf; the weights are unusable (was training diverging?)")
+    w_hh = raw["weight_hh_l0"]
+    if w_hh.ndim != 2 or w_hh.shape[1] == 0 or w_hh.shape[0] % w_hh.shape[1] != 0:
+        raise _fail(path, f"weight_hh_l0 has shape {w_hh.shape}; expected (G*H, H) with G = 1, 3 or 4")
+    H = w_hh.shape[1]
+    G = w_hh.shape[0] // H
+    if G not in _GATES_TO_CELL:
+        raise _fail(path, f"weight_hh_l0 has shape {w_hh.shape}: {G}*H rows, but G must be 1 (RNN), 3 (GRU) or 4 (LSTM)")
+    inferred = _GATES_TO_CELL[G]
+    if cell is not None:
+        cell = check_cell(cell)
+    elif stored_cell is not None:
+        cell = check_cell(stored_cell, f"{CELL_KEY} in {path}")
+    else:
+        cell = inferred
+    if {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[cell] != G:
+        raise _fail(path, f"weight_hh_l0 has {G}*H rows, which is a {inferred}, not a {cell}; drop --cell or fix it")
+    w_ih = raw["weight_ih_l0"]
+    if w_ih.ndim != 2:
+        raise _fail(path, f"weight_ih_l0 has shape {w_ih.shape}; expected ({G * H}, input_size)")
+    input_size = w_ih.shape[1]
+    layers = sorted({int(_KEY.match(k).group(2)) for k in raw})
+    num_layers = len(layers)
+    if layers != list(range(num_layers)):
+        raise _fail(path, f"has layers {layers}; layer indices must run 0..{num_layers - 1} without gaps")
+    has_bias = "bias_ih_l0" in raw or "bias_hh_l0" in raw
+    expected = param_shapes(cell, input_size, H, num_layers, has_bias)
+    missing = [k for k in expected if k not in raw]
+    if missing:
+        raise _fail(path, f"is missing {', '.join(missing)} for a {num_layers}-layer {cell} "
+                          f"(hidden {H}, input {input_size})")
+    extra = [k for k in raw if k not in expected]
+    if extra:
+        raise _fail(path, f"has {', '.join(extra)}, which a {'biased' if has_bias else 'bias-free'} "
+                          f"{num_layers}-layer {cell} does not have; biases must come in pairs per layer")
+    for k, shape in expected.items():
+        if raw[k].shape != shape:
+            raise _fail(path, f"key {k!r} has shape {raw[k].shape}; expected {shape} for a {cell} with hidden size "
+                              f"{H} and input size {input_size}")
+    if dtype is not None:
+        dt = check_dtype(dtype)
+    else:
+        kinds = {v.dtype for v in raw.values()}
+        dt = np.dtype(np.float32) if kinds <= {np.dtype(np.float32)} else np.dtype(np.float64)
+    params = {k: np.ascontiguousarray(raw[k], dtype=dt) for k in expected}
+    return RNNModel(cell, input_size, H, num_layers, has_bias, params, init=f"loaded from {path.name}")
+
+
+def save_weights(model: RNNModel, path, *, overwrite: bool = False) -> Path:
+    """Write ``model`` to ``path``: ``.npz`` with PyTorch key names (plus ``rnndiag_cell``), or ``.pt``/``.pth``.
+
+    The file is written to a temporary name and renamed into place; an existing file is refused unless
+    ``overwrite=True``.
+    """
+    if not isinstance(model, RNNModel):
+        raise TypeError(f"model must be an RNNModel; got {type(model).__name__}")
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".pt", ".pth"):
+        raise ValueError(f"weights path {str(path)!r} must end in .npz, .pt or .pth")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"weights file {str(path)!r} exists; pass overwrite=True or choose another name")
+    if path.parent and not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if suffix == ".npz":
+                np.savez(fh, **model.params, **{CELL_KEY: np.array(model.cell)})
+            else:
+                try:
+                    import torch
+                except ImportError:
+                    raise ValueError("saving .pt needs torch; pip install 'rnndiag[torch]' or save .npz") from None
+                torch.save({k: torch.from_numpy(v.copy()) for k, v in model.params.items()}, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
