@@ -1,0 +1,160 @@
+r"""Gradient flow through time: per-step gradient norms, their decay rate and the gradient horizon.
+
+Two curves per layer:
+
+* ``grad_norm``: :math:`\|\partial L / \partial h_t\|` from BPTT of the analysed loss (the task's, the user's
+  ``grad_h``, or the probe), per sequence, with mean / median / min / max over the batch.
+* ``log10_last_step``: :math:`\log_{10} \|\partial \ell / \partial h_t\|` for a loss :math:`\ell` that looks at the
+  last step only (the analysed loss when it does, else the probe :math:`\langle u, h_{T-1} \rangle`), carried back
+  through the layer's own step Jacobians with vector-Jacobian products and renormalised every step (log space).
+
+The decay rate is the least-squares slope of the median ``log10_last_step`` against the number of steps back
+(log10 per step, negative = vanishing), with its R^2. The horizon is the first number of steps back at which the
+median gradient falls below ``horizon_factor`` times its value at the loss; when it never does within the sequence
+it is censored at ``T`` and, for a decaying gradient, extrapolated from the rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..engine import LayerTrace
+from ._common import finite_or_none, list_or_none
+
+MIN_FIT_STEPS = 10  # fewer steps than this: no decay rate is fitted
+
+
+@dataclass(frozen=True)
+class DecayFit:
+    rate: float | None  # log10 per step back
+    r2: float | None
+    points: int
+    reason: str | None = None  # why there is no rate
+
+    def to_dict(self) -> dict:
+        return {"decay_per_step": finite_or_none(self.rate), "r2": finite_or_none(self.r2), "points": self.points,
+                "reason": self.reason}
+
+
+def fit_decay(log10_norm: np.ndarray) -> DecayFit:
+    """Slope of ``log10_norm[T-1-k]`` against ``k`` (steps back from the last step)."""
+    y = np.asarray(log10_norm, dtype=np.float64)[::-1]  # y[k] = value k steps back
+    k = np.arange(y.size, dtype=np.float64)
+    ok = np.isfinite(y)
+    n = int(ok.sum())
+    if y.size < MIN_FIT_STEPS:
+        return DecayFit(None, None, n, f"sequence of {y.size} steps is too short to fit a rate "
+                                       f"(needs >= {MIN_FIT_STEPS})")
+    if n < MIN_FIT_STEPS:
+        return DecayFit(None, None, n, f"only {n} finite points (gradient underflowed or became non-finite)")
+    k, y = k[ok], y[ok]
+    slope, intercept = np.polyfit(k, y, 1)
+    resid = y - (slope * k + intercept)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    return DecayFit(float(slope), r2, n)
+
+
+@dataclass(frozen=True)
+class Horizon:
+    steps: int  # first number of steps back where the gradient fell below factor * its value at the loss
+    censored: bool  # True: it never fell below within the sequence; steps = T
+    factor: float
+    extrapolated: float | None  # log10(factor) / rate for a decaying gradient
+
+    def to_dict(self) -> dict:
+        return {"horizon_steps": self.steps, "horizon_censored": self.censored, "horizon_factor": self.factor,
+                "horizon_extrapolated": finite_or_none(self.extrapolated)}
+
+
+def horizon(log10_norm: np.ndarray, factor: float, rate: float | None) -> Horizon:
+    """See the module docstring. ``log10_norm`` is indexed by t (the loss at t = T-1)."""
+    y = np.asarray(log10_norm, dtype=np.float64)[::-1]
+    T = y.size
+    drop = y - y[0]
+    below = np.nonzero(~(drop >= math.log10(factor)))[0]  # NaN (non-finite) counts as fallen
+    extrap = math.log10(factor) / rate if rate is not None and rate < 0 else None
+    if below.size:
+        return Horizon(int(below[0]), False, factor, extrap)
+    return Horizon(T, True, factor, extrap)
+
+
+@dataclass(frozen=True)
+class GradientFlow:
+    """Gradient-flow measurements of one layer."""
+
+    layer: int
+    grad_norm_per_sequence: np.ndarray = field(repr=False)  # (T, B) ||dL/dh_t|| from BPTT
+    log10_last_step: np.ndarray = field(repr=False)  # (T, B) log10 ||dl/dh_t|| for the last-step loss
+    log10_jacobian_product_norm: np.ndarray = field(repr=False)  # (T, n) log10 ||d s_{T-1}/d s_t||_2, sampled
+    log10_step_jacobian_norm: np.ndarray = field(repr=False)  # (T, n) log10 ||J_t||_2, sampled
+    jacobian_batch: tuple[int, ...]
+    fit: DecayFit
+    jacobian_fit: DecayFit
+    horizon: Horizon
+    horizon_per_sequence: np.ndarray = field(repr=False)  # (B,)
+    norm_method: str  # how ||.||_2 of the products was computed
+
+    @property
+    def grad_norm(self) -> np.ndarray:
+        """Median over the batch of ||dL/dh_t||, (T,)."""
+        return np.median(self.grad_norm_per_sequence, axis=1)
+
+    @property
+    def median_last_step(self) -> np.ndarray:
+        """Median over the batch of log10 ||dl/dh_t|| for the last-step loss, (T,)."""
+        return np.median(self.log10_last_step, axis=1)
+
+    @property
+    def decay_per_step(self) -> float | None:
+        return self.fit.rate
+
+    def to_dict(self) -> dict:
+        g = self.grad_norm_per_sequence
+        with np.errstate(invalid="ignore"):
+            return {
+                "layer": self.layer,
+                "grad_norm": list_or_none(self.grad_norm),
+                "grad_norm_mean": list_or_none(g.mean(axis=1)),
+                "grad_norm_min": list_or_none(g.min(axis=1)),
+                "grad_norm_max": list_or_none(g.max(axis=1)),
+                "log10_last_step_grad_norm": list_or_none(np.median(self.log10_last_step, axis=1)),
+                "log10_jacobian_product_norm": list_or_none(np.median(self.log10_jacobian_product_norm, axis=1)),
+                "log10_step_jacobian_norm": list_or_none(np.median(self.log10_step_jacobian_norm, axis=1)),
+                "jacobian_sampled_sequences": list(self.jacobian_batch),
+                "jacobian_norm_method": self.norm_method,
+                "decay_per_step": finite_or_none(self.fit.rate),
+                "decay_fit_r2": finite_or_none(self.fit.r2),
+                "decay_fit_note": self.fit.reason,
+                "jacobian_decay_per_step": finite_or_none(self.jacobian_fit.rate),
+                **self.horizon.to_dict(),
+                "horizon_per_sequence": [int(h) for h in self.horizon_per_sequence],
+            }
+
+
+def last_step_chain(lt: LayerTrace, start: np.ndarray) -> np.ndarray:
+    """``log10 ||dl/dh_t||`` (T, B) for ``l = <start, s_{T-1}>`` carried back by VJPs, renormalised each step."""
+    T = lt.h.shape[0]
+    H = lt.hidden_size
+    out = np.empty((T, start.shape[0]))
+    g = np.array(start, dtype=np.float64)
+    log_scale = np.zeros(start.shape[0])
+    for t in range(T - 1, -1, -1):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[t] = (log_scale + np.log(np.linalg.norm(g[:, :H], axis=1))) / math.log(10)
+        if t == 0:
+            break
+        g = lt.vjp(t, g.astype(lt.h.dtype, copy=False)).astype(np.float64, copy=False)  # dl/ds_{t-1}
+        f = np.linalg.norm(g, axis=1)
+        with np.errstate(divide="ignore"):
+            log_scale += np.log(f)
+        g /= np.where(f > 0, f, 1.0)[:, None]
+    return out
+
+
+def per_sequence_horizon(log10_last: np.ndarray, factor: float) -> np.ndarray:
+    """The horizon of each sequence (B,)."""
+    return np.array([horizon(log10_last[:, b], factor, None).steps for b in range(log10_last.shape[1])], dtype=int)

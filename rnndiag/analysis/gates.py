@@ -1,0 +1,106 @@
+"""Gate statistics of LSTM and GRU layers, and hidden-state saturation.
+
+Saturation follows Karpathy, Johnson & Fei-Fei (2015): a sigmoid gate is left-saturated when its activation is
+below 0.1 and right-saturated above 0.9; the fraction of time each unit spends there is reported per unit. A tanh
+activation (LSTM's g, GRU's n, a tanh RNN's h) counts as saturated when |value| > 0.9.
+
+A forget gate (LSTM f) or update gate (GRU z, which keeps ``z * h_{t-1}``) with mean value ``f`` keeps a memory
+for about ``-1 / ln f`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..engine import LayerTrace
+from ._common import finite_or_none, list_or_none
+
+LEFT, RIGHT, TANH_SAT = 0.1, 0.9, 0.9
+BINS = 20
+
+
+@dataclass(frozen=True)
+class GateStat:
+    name: str
+    kind: str  # "sigmoid" or "tanh"
+    mean: float
+    hist_counts: np.ndarray = field(repr=False)  # (BINS,)
+    hist_edges: np.ndarray = field(repr=False)  # (BINS + 1,)
+    left_saturated: float  # fraction of (t, b, unit) values < 0.1 (sigmoid) / < -0.9 (tanh)
+    right_saturated: float  # > 0.9
+    unit_left: np.ndarray = field(repr=False)  # (H,) fraction of time per unit
+    unit_right: np.ndarray = field(repr=False)  # (H,)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "mean": self.mean,
+            "left_saturated": self.left_saturated,
+            "right_saturated": self.right_saturated,
+            "units_mostly_left_saturated": int((self.unit_left > 0.5).sum()),
+            "units_mostly_right_saturated": int((self.unit_right > 0.5).sum()),
+            "hist_counts": [int(c) for c in self.hist_counts],
+            "hist_edges": list_or_none(self.hist_edges),
+        }
+
+
+@dataclass(frozen=True)
+class GateStats:
+    layer: int
+    gates: dict[str, GateStat]
+    memory_gate: str | None  # "f" (LSTM) or "z" (GRU)
+    memory_gate_mean: float | None
+    memory_timescale: float | None  # -1 / ln(mean), steps
+    unit_timescales: np.ndarray | None = field(repr=False)  # (H,) -1/ln(mean_t f_j)
+    hidden_saturated: float | None = None  # fraction of |h| > 0.9 (tanh outputs)
+
+    def to_dict(self) -> dict:
+        d = {"layer": self.layer, "gates": {k: v.to_dict() for k, v in self.gates.items()},
+             "hidden_saturated": finite_or_none(self.hidden_saturated)}
+        if self.memory_gate is not None:
+            ts = self.unit_timescales
+            d.update(memory_gate=self.memory_gate, memory_gate_mean=finite_or_none(self.memory_gate_mean),
+                     memory_timescale_steps=finite_or_none(self.memory_timescale),
+                     unit_timescale_median=finite_or_none(np.median(ts)) if ts is not None else None)
+        return d
+
+
+def _timescale(f):
+    f = np.clip(np.asarray(f, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        return np.where(f >= 1.0, np.inf, np.where(f <= 0.0, 0.0, -1.0 / np.log(np.where(f > 0, f, 0.5))))
+
+
+def _stat(name: str, values: np.ndarray, kind: str) -> GateStat:
+    """``values`` (T, B, H)."""
+    if kind == "sigmoid":
+        lo, hi, rng = values < LEFT, values > RIGHT, (0.0, 1.0)
+    else:
+        lo, hi, rng = values < -TANH_SAT, values > TANH_SAT, (-1.0, 1.0)
+    counts, edges = np.histogram(values, bins=BINS, range=rng)
+    return GateStat(name, kind, float(values.mean()), counts, edges, float(lo.mean()), float(hi.mean()),
+                    lo.mean(axis=(0, 1)), hi.mean(axis=(0, 1)))
+
+
+def gate_stats(lt: LayerTrace, t_range: slice = slice(None)) -> GateStats:
+    """Gate activation statistics of one layer (over the steps ``t_range``)."""
+    H = lt.hidden_size
+    h = lt.h[t_range]
+    hidden_sat = float((np.abs(h) > TANH_SAT).mean()) if lt.cell != "rnn_relu" else None
+    if lt.cell.startswith("rnn"):
+        return GateStats(lt.layer, {}, None, None, None, None, hidden_sat)
+    gates = lt.arrays["gates"][t_range]
+    names = ("i", "f", "g", "o") if lt.cell == "lstm" else ("r", "z", "n")
+    tanh_gate = "g" if lt.cell == "lstm" else "n"
+    stats = {name: _stat(name, gates[:, :, k * H : (k + 1) * H], "tanh" if name == tanh_gate else "sigmoid")
+             for k, name in enumerate(names)}
+    mem = "f" if lt.cell == "lstm" else "z"
+    k = names.index(mem)
+    unit_mean = gates[:, :, k * H : (k + 1) * H].mean(axis=(0, 1))
+    mean = float(unit_mean.mean())
+    scale = float(_timescale(mean))
+    return GateStats(lt.layer, stats, mem, mean, scale if math.isfinite(scale) else math.inf,
+                     _timescale(unit_mean), hidden_sat)

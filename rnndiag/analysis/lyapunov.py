@@ -1,0 +1,109 @@
+r"""Lyapunov exponents of the driven state dynamics by the QR method (Benettin et al. 1980; Shimada & Nagashima 1979).
+
+.. math::
+
+    Q_t R_t = \operatorname{qr}(J_t Q_{t-1}),\ \operatorname{diag}(R_t) > 0, \qquad
+    \lambda_i = \frac{1}{N} \sum_{t \ge t_0} \ln (R_t)_{ii}
+
+in natural-log units per step (nats/step), after a warm-up of ``t_0`` steps. With ``k = S`` the exponents sum to
+the mean of ``ln |det J_t|`` over the same steps. A positive top exponent means nearby trajectories separate
+(chaos; gradients can explode); a negative one that they converge (gradients vanish at that rate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..engine import LayerTrace
+from ._common import list_or_none
+
+
+@dataclass(frozen=True)
+class LyapunovSpectrum:
+    """The top-k exponents, mean and spread over the sampled sequences."""
+
+    exponents: np.ndarray = field(repr=False)  # (k,) mean over the sample, descending, nats/step
+    spread: np.ndarray = field(repr=False)  # (k,) standard deviation over the sample
+    per_sequence: np.ndarray = field(repr=False)  # (n, k)
+    batch: tuple[int, ...]
+    warmup: int
+    reortho_every: int
+    steps: int  # steps averaged over
+    q0: str  # "identity" or "random"
+
+    @property
+    def top(self) -> float:
+        return float(self.exponents[0]) if self.exponents.size else float("nan")
+
+    def to_dict(self) -> dict:
+        return {
+            "units": "nats per step (natural log)",
+            "exponents": list_or_none(self.exponents),
+            "spread": list_or_none(self.spread),
+            "top": list_or_none([self.top])[0],
+            "k": int(self.exponents.size),
+            "sampled_sequences": list(self.batch),
+            "warmup": self.warmup,
+            "reortho_every": self.reortho_every,
+            "steps_averaged": self.steps,
+            "q0": self.q0,
+        }
+
+
+def lyapunov_spectrum(
+    lt: LayerTrace,
+    batch,
+    *,
+    k: int | None = None,
+    warmup: int = 0,
+    reortho_every: int = 1,
+    q0: str | None = None,
+    seed: int = 0,
+) -> LyapunovSpectrum:
+    """Top-``k`` Lyapunov exponents of one layer for the batch rows ``batch``.
+
+    ``q0`` is the initial orthonormal frame: ``"identity"`` (the first k axes) or ``"random"``; the default is
+    the identity when ``k`` is the full state size and random otherwise (k axes could miss the top direction).
+    """
+    T = lt.h.shape[0]
+    S = lt.state_size
+    batch = np.asarray(batch, dtype=int)
+    n = batch.size
+    k = S if k is None else int(k)
+    if not 1 <= k <= S:
+        raise ValueError(f"lyapunov k must be between 1 and the state size {S}; got {k}")
+    if not 0 <= warmup < T:
+        raise ValueError(f"lyapunov warmup must be in 0..{T - 1} for a sequence of {T} steps; got {warmup}")
+    if reortho_every < 1:
+        raise ValueError(f"reortho_every must be >= 1; got {reortho_every}")
+    if q0 is None:
+        q0 = "identity" if k == S else "random"
+    if q0 == "identity":
+        q = np.broadcast_to(np.eye(S, k), (n, S, k)).copy()
+    elif q0 == "random":
+        q = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, S, k)))[0]
+    else:
+        raise ValueError(f"q0 must be 'identity' or 'random'; got {q0!r}")
+    log_sum = np.zeros((n, k))
+    steps = 0
+    pending = 0  # steps applied since the last QR
+    for t in range(T):
+        q = lt.step_jacobian(t, batch).astype(np.float64, copy=False) @ q  # (n, S, k)
+        pending += 1
+        if pending == reortho_every or t == T - 1:
+            q, r = np.linalg.qr(q)
+            d = np.diagonal(r, axis1=1, axis2=2)
+            sign = np.where(d < 0, -1.0, 1.0)
+            q *= sign[:, None, :]  # fix signs so that diag(R) > 0
+            if t >= warmup:
+                counted = min(pending, t - warmup + 1)
+                with np.errstate(divide="ignore"):
+                    log_sum += np.log(np.abs(d)) * (counted / pending)
+                steps += counted
+            pending = 0
+    per_seq = log_sum / max(steps, 1)
+    per_seq = -np.sort(-per_seq, axis=1)
+    return LyapunovSpectrum(per_seq.mean(axis=0), per_seq.std(axis=0), per_seq, tuple(int(b) for b in batch),
+                            warmup, reortho_every, steps, q0)
