@@ -174,6 +174,19 @@ def _first_nonfinite(arr: np.ndarray, reverse: bool = False) -> int | None:
     return int(bad[-1] if reverse else bad[0])
 
 
+def _quiet_overflow(fn):
+    """Overflow in an exploding network is a measurement, not a warning: it is recorded in ``nonfinite``."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet_overflow
 def analyze(
     model: RNNModel,
     x,
@@ -231,7 +244,7 @@ def analyze(
         loss_name = "given grad_h"
     batch = _batch_indices(batch_sample, model, T, B, k, seed)
     settings = {"horizon_factor": horizon_factor, "lyapunov_k": k, "lyapunov_warmup": int(warmup),
-                "reortho_every": int(reortho_every), "batch_sample": list(batch), "loss": loss}
+                "reortho_every": int(reortho_every), "batch_sample": [int(b) for b in batch], "loss": loss}
 
     with np.errstate(all="ignore"):
         trace = bptt(model, x, grad_h, state0, param_grads=True)
