@@ -85,7 +85,8 @@ def check_array(
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)}); pass finite values")
+        where = tuple(int(i) for i in bad)
+        raise ValueError(f"{name} contains NaN or Inf (first at index {where}); pass finite values")
     return arr
 
 

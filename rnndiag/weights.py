@@ -35,7 +35,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
-                raise _fail(path, "holds a single array, not named weights; save a dict with np.savez(path, **state_dict)")
+                raise _fail(path, "holds a single array, not named weights; save a dict with "
+                                  "np.savez(path, **state_dict)")
             return {k: data[k] for k in data.files}
     except WeightsFileError:
         raise
@@ -161,7 +162,8 @@ def load_weights(path, cell: str | None = None, *, dtype=None, prefix: str | Non
     H = w_hh.shape[1]
     G = w_hh.shape[0] // H
     if G not in _GATES_TO_CELL:
-        raise _fail(path, f"weight_hh_l0 has shape {w_hh.shape}: {G}*H rows, but G must be 1 (RNN), 3 (GRU) or 4 (LSTM)")
+        raise _fail(path, f"weight_hh_l0 has shape {w_hh.shape}: {G}*H rows, but G must be 1 (RNN), 3 (GRU) "
+                          "or 4 (LSTM)")
     inferred = _GATES_TO_CELL[G]
     if cell is not None:
         cell = check_cell(cell)

@@ -163,7 +163,7 @@ def _auto_sample(model: RNNModel, T: int, B: int, k: int) -> int:
     G, H, I, L, S = model.gate_count, model.hidden_size, model.input_size, model.num_layers, model.state_size
     bptt_flops = 6.0 * T * B * G * H * (H + I) * L
     per_seq = T * L * (2.0 * S**3 + 2.0 * S * S * k + 4.0 * S * k * k + 2.0 * S * S * G)
-    return int(max(1, min(B, max(2.0 * bptt_flops, 5e8) // per_seq)))
+    return int(max(1, min(B, max(2.0 * bptt_flops, 1e9) // per_seq)))
 
 
 def _first_nonfinite(arr: np.ndarray, reverse: bool = False) -> int | None:
@@ -202,6 +202,7 @@ def analyze(
     reortho_every: int = 1,
     q0: str | None = None,
     keep_trace: bool = False,
+    loss_label: str | None = None,
 ) -> Diagnosis:
     """Diagnose the gradient flow of ``model`` on ``x`` (T, B, I).
 
@@ -236,12 +237,15 @@ def analyze(
         raise ValueError(f"lyapunov_warmup must be an integer in 0..{T - 1}; got {warmup!r}")
     if isinstance(reortho_every, bool) or not isinstance(reortho_every, (int, np.integer)) or reortho_every < 1:
         raise ValueError(f"reortho_every must be a positive integer; got {reortho_every!r}")
-    if grad_h is None:
+    probe_used = grad_h is None
+    if probe_used:
         grad_h = probe_grad_h(loss, T, B, H, seed, model.dtype)
         loss_name = f"probe ({loss})"
     else:
         grad_h = check_array(grad_h, "grad_h", (T, B, H), model.dtype)
         loss_name = "given grad_h"
+    if loss_label is not None:
+        loss_name = str(loss_label)
     batch = _batch_indices(batch_sample, model, T, B, k, seed)
     settings = {"horizon_factor": horizon_factor, "lyapunov_k": k, "lyapunov_warmup": int(warmup),
                 "reortho_every": int(reortho_every), "batch_sample": [int(b) for b in batch], "loss": loss}
@@ -264,10 +268,10 @@ def analyze(
                              "the weights or inputs are far too large")
         # analyse the finite part, then say where it exploded
         sub = analyze(model, x[: nonfinite.step], loss=loss,
-                      grad_h=None if loss_name.startswith("probe") else grad_h[: nonfinite.step],
+                      grad_h=None if probe_used else grad_h[: nonfinite.step],
                       state0=state0, seed=seed, horizon_factor=horizon_factor, batch_sample=list(batch),
                       lyapunov_k=lyapunov_k, lyapunov_warmup=min(warmup, nonfinite.step - 1),
-                      reortho_every=reortho_every, q0=q0, keep_trace=keep_trace)
+                      reortho_every=reortho_every, q0=q0, keep_trace=keep_trace, loss_label=loss_label)
         return _exploded(sub, nonfinite, T)
     for lt in reversed(trace.layers):
         step = _first_nonfinite(lt.grad_h, reverse=True)

@@ -63,6 +63,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     v_prod = np.linalg.qr(rng.standard_normal((n, S, p)))[0]
     v_step = v_prod.copy()
     all_converged = True
+    jac_next = None  # J_{t+1}, carried from the previous round
     for t in range(T - 1, -1, -1):
         jac = lt.step_jacobian(t, batch).astype(dtype, copy=False)  # (n, S, S): J_t
         if exact:
