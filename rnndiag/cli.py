@@ -1,0 +1,382 @@
+"""The ``rnndiag`` command line: a thin layer over the library.
+
+Every bad input ends as one line on stderr (``rnndiag: error: ...``) and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shlex
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+
+from ._validation import CELLS
+from ._version import __version__
+
+FORMATS = ("html", "png", "json")
+INIT_CHOICES = ("tutorial", "pytorch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
+                "orthogonal", "identity", "keras")
+DEMO = {"cell": "rnn_tanh", "init": "tutorial", "task": "adding", "hidden_size": 64, "seq_len": 100,
+        "batch_size": 32, "seed": 0}
+
+
+class InputError(click.ClickException):
+    """A bad input: one line, exit code 2."""
+
+    exit_code = 2
+
+
+class OneLineGroup(click.Group):
+    """Click group whose usage errors are one line too (no usage block), exit code 2, never a traceback."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.UsageError as exc:
+            cmd = exc.ctx.command_path if exc.ctx else "rnndiag"
+            click.echo(f"rnndiag: error: {exc.format_message()} (see '{cmd} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"rnndiag: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("rnndiag: aborted", err=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo("rnndiag: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().replace("\n", " ")
+    if isinstance(exc, FileNotFoundError) and not msg:
+        msg = f"file not found: {exc.filename}"
+    return msg or type(exc).__name__
+
+
+def _load_input(path: Path, dtype) -> np.ndarray:
+    if not path.exists():
+        raise InputError(f"input file {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        raise InputError(f"input {str(path)!r} is a folder; pass a .npy file of shape (T, B, I)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise InputError(f"input file {str(path)!r} holds a pickled object, which rnndiag never loads; save a "
+                             "numeric array with np.save") from None
+        raise InputError(f"input file {str(path)!r} is not a readable .npy ({_one_line(exc)}); save it with "
+                         "np.save") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"input file {str(path)!r} cannot be read ({_one_line(exc)}); save it with np.save") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        keys = arr.files
+        arr.close()
+        raise InputError(f"input file {str(path)!r} is an .npz archive ({', '.join(keys[:3])}); pass one .npy array "
+                         "of shape (T, B, I)")
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"input file {str(path)!r} has dtype {arr.dtype}; it must hold numbers of shape (T, B, I)")
+    if arr.ndim == 2:
+        raise InputError(f"input file {str(path)!r} has shape {arr.shape}; it must be (T, B, I) -- for one sequence "
+                         "use x[:, None, :]")
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise InputError(f"input file {str(path)!r} has shape {arr.shape}; it must be (T, B, I) with every size >= 1")
+    if not np.isfinite(arr).all():
+        raise InputError(f"input file {str(path)!r} contains NaN or Inf; pass finite values")
+    return arr.astype(dtype, copy=False)
+
+
+def _default_out(cell: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("reports") / f"{cell}-{stamp}"
+    out, n = base, 2
+    while out.exists():  # never reuse an earlier report's folder
+        out = base.with_name(f"{base.name}-{n}")
+        n += 1
+    return out
+
+
+def _parse_formats(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    parts = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    bad = [p for p in parts if p not in FORMATS]
+    if bad:
+        raise InputError(f"unknown --format {', '.join(bad)}: use a comma-separated subset of {','.join(FORMATS)} "
+                         "(or none)")
+    return parts
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="rnndiag")
+def main():
+    """rnndiag: whether, where and why a recurrent network's gradients vanish or explode, and what to change.
+
+    \b
+    Examples:
+      rnndiag analyze                              # the built-in demo
+      rnndiag analyze --weights lstm.pt            # your trained nn.LSTM state_dict
+      rnndiag analyze --cell gru --hidden-size 128 --init orthogonal --task copy --seq-len 200
+    """
+
+
+@main.command()
+@click.option("--weights", type=click.Path(path_type=Path, dir_okay=True), default=None,
+              help="Weights file: .npz with PyTorch key names, or .pt/.pth (needs torch).")
+@click.option("--prefix", default=None, help="Key prefix of the RNN inside a whole model's state_dict "
+              "(e.g. encoder.rnn).")
+@click.option("--cell", type=click.Choice(CELLS, case_sensitive=False), default=None,
+              help="Cell type (inferred from --weights except rnn_relu). [default for a fresh model: rnn_tanh]")
+@click.option("--input-size", type=click.IntRange(min=1), default=None,
+              help="Input size of a fresh model. [default: what the task feeds]")
+@click.option("--hidden-size", type=click.IntRange(min=1), default=None, help="Hidden size of a fresh model. "
+              "[default: 64]")
+@click.option("--num-layers", type=click.IntRange(min=1), default=None, help="Stacked layers. [default: 1]")
+@click.option("--init", "init_name", type=click.Choice(INIT_CHOICES, case_sensitive=False), default=None,
+              help="Initialization of a fresh model. [default: pytorch; the demo uses tutorial]")
+@click.option("--gain", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Gain of the init (orthogonal, xavier, kaiming) or scale of identity.")
+@click.option("--forget-bias", type=float, default=None, help="LSTM forget-gate bias.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the weights, the task data and the probe.")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
+              help="Inputs as a .npy array of shape (T, B, I) instead of a task.")
+@click.option("--task", type=click.Choice(("adding", "copy", "sine", "noise"), case_sensitive=False), default=None,
+              help="Generated inputs (and their loss on a seeded readout). [default: adding; noise if the model's "
+                   "input size does not fit the task]")
+@click.option("--seq-len", type=click.IntRange(min=1), default=100, show_default=True, help="Sequence length T.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size B.")
+@click.option("--loss", type=click.Choice(("last", "all"), case_sensitive=False), default=None,
+              help="Inject the gradient at the last step or at every step: the task's loss where it looks there, "
+                   "else the probe loss. [default: the task's own]")
+@click.option("--horizon-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=1e-3,
+              show_default=True, help="Horizon: steps back until the gradient falls below this factor.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder. [default: reports/<cell>-<YYYYmmdd-HHMMSS>/]")
+@click.option("--format", "formats", default="html,png,json", show_default=True,
+              help="What to write: a comma-separated subset of html,png,json (or none).")
+@click.option("--json", "json_to", default=None, help="Also print the metrics JSON: '-' for stdout.")
+@click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out folder.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json -).")
+@click.option("--dtype", type=click.Choice(("float64", "float32")), default=None,
+              help="Compute dtype. [default: float64 for fresh models; a file's own dtype]")
+def analyze(**opts):
+    """Diagnose vanishing / exploding gradients of a recurrent network and write a report.
+
+    With no options it runs the built-in demo: a tanh RNN with the seed tutorial's 0.01*randn initialization on
+    the adding problem (T = 100), whose gradient vanishes within a few steps.
+
+    \b
+    Examples:
+      rnndiag analyze
+      rnndiag analyze --weights model.npz --task noise --seq-len 500
+      rnndiag analyze --weights lstm.pt --prefix encoder.rnn --input batch.npy
+      rnndiag analyze --cell rnn_tanh --init orthogonal --gain 2 --task adding --out reports/orth2
+      rnndiag analyze --cell lstm --forget-bias 1 --json - --format none
+    """
+    from .analysis import analyze as run_analysis
+    from .render.output import OutputError, check_out_dir
+
+    t_start = time.perf_counter()
+    quiet = opts["quiet"]
+    to_stdout = opts["json_to"] == "-"
+    console = Console(stderr=to_stdout, quiet=quiet, highlight=False)
+    formats = _parse_formats(opts["formats"])
+    if opts["json_to"] not in (None, "-"):
+        formats = tuple(sorted(set(formats) | {"json"}))  # --json PATH: write metrics.json there too
+    try:
+        model, model_label, cmd = _build_model(opts)
+        x, task_batch, input_label = _build_input(opts, model)
+        out = opts["out"] or _default_out(model.cell)
+        if formats:
+            check_out_dir(out, opts["force"])
+        grad_h, loss_label = _loss_for(opts, model, x, task_batch)
+        timings = {"model": time.perf_counter() - t_start}
+        t0 = time.perf_counter()
+        with console.status("analysing (BPTT, Jacobian products, Lyapunov exponents)...", spinner="dots"):
+            diag = run_analysis(model, x, loss="all" if (opts["loss"] or "last") == "all" else "last", grad_h=grad_h,
+                                seed=opts["seed"], horizon_factor=opts["horizon_factor"],
+                                loss_label=loss_label.split(":")[0].split(" (")[0])
+        timings["analysis"] = time.perf_counter() - t0
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, OutputError) as exc:
+        raise InputError(_one_line(exc)) from None
+    metrics = diag.to_dict()
+    metrics["loss_detail"] = loss_label
+    metrics["input"] = input_label
+    metrics["command"] = cmd
+    report = _write_outputs(diag, metrics, formats, out, opts, model_label, cmd, input_label, loss_label, timings,
+                            console)
+    if to_stdout:
+        click.echo(json.dumps(metrics, allow_nan=False))
+    from .render.terminal import summary
+
+    summary(console, diag, str(report) if report else None)
+    if not quiet:
+        total = time.perf_counter() - t_start
+        console.print(f"[dim]done in {total:.2f} s (analysis {timings['analysis']:.2f} s, figures "
+                      f"{timings.get('figures', 0):.2f} s, writing {timings.get('writing', 0):.2f} s)[/dim]")
+
+
+def _build_model(opts):
+    from . import init_model, load_weights
+
+    dtype = opts["dtype"]
+    is_demo = opts["weights"] is None and all(opts[k] is None for k in (
+        "cell", "init_name", "input_size", "hidden_size", "num_layers", "gain", "forget_bias")) and \
+        opts["input_path"] is None and opts["task"] is None
+    opts["_demo"] = is_demo
+    if opts["weights"] is not None:
+        for k in ("input_size", "hidden_size", "num_layers", "init_name", "gain", "forget_bias"):
+            if opts[k] is not None:
+                raise InputError(f"--{k.replace('_name', '').replace('_', '-')} describes a fresh model; it cannot be "
+                                 "combined with --weights (sizes come from the file)")
+        model = load_weights(opts["weights"], opts["cell"], dtype=dtype, prefix=opts["prefix"])
+        cmd = ["rnndiag", "analyze", "--weights", str(opts["weights"])]
+        if opts["prefix"]:
+            cmd += ["--prefix", opts["prefix"]]
+        if opts["cell"]:
+            cmd += ["--cell", model.cell]
+        return model, f"{model.describe()} from {opts['weights']}", cmd
+    if opts["prefix"]:
+        raise InputError("--prefix applies to --weights only")
+    cell = opts["cell"] or DEMO["cell"]
+    init = opts["init_name"] or (DEMO["init"] if is_demo else "pytorch")
+    hidden = opts["hidden_size"] or DEMO["hidden_size"]
+    layers = opts["num_layers"] or 1
+    from .tasks import input_size as task_input_size
+
+    if opts["input_size"] is not None:
+        input_size = opts["input_size"]
+    elif opts["input_path"] is not None:
+        input_size = None  # from the file
+    else:
+        input_size = task_input_size(opts["task"] or DEMO["task"])
+    if input_size is None:
+        shape = _peek_input_shape(opts["input_path"])
+        input_size = shape[2]
+    model = init_model(cell, input_size, hidden, num_layers=layers, init=init, seed=opts["seed"],
+                       dtype=dtype or np.float64, gain=opts["gain"], forget_bias=opts["forget_bias"])
+    cmd = ["rnndiag", "analyze", "--cell", cell, "--init", init, "--input-size", str(input_size),
+           "--hidden-size", str(hidden), "--num-layers", str(layers), "--seed", str(opts["seed"])]
+    if opts["gain"] is not None:
+        cmd += ["--gain", repr(opts["gain"])]
+    if opts["forget_bias"] is not None:
+        cmd += ["--forget-bias", repr(opts["forget_bias"])]
+    return model, f"{model.describe()}, init {model.init}, seed {opts['seed']}", cmd
+
+
+def _peek_input_shape(path: Path):
+    arr = _load_input(path, np.float64)
+    return arr.shape
+
+
+def _build_input(opts, model):
+    from .tasks import input_size as task_input_size
+    from .tasks import make_task
+
+    cmd_extra = []
+    if opts["input_path"] is not None:
+        if opts["task"] is not None:
+            raise InputError("--input and --task both give inputs; pass one of them")
+        x = _load_input(opts["input_path"], model.dtype)
+        if x.shape[2] != model.input_size:
+            raise InputError(f"input file {str(opts['input_path'])!r} has {x.shape[2]} input channels (shape "
+                             f"{x.shape}); the model takes {model.input_size}")
+        label = f"{opts['input_path']} (shape {x.shape})"
+        cmd_extra = ["--input", str(opts["input_path"])]
+        task_batch = None
+    else:
+        task = opts["task"] or DEMO["task"]
+        if task in ("adding", "copy", "sine") and task_input_size(task) != model.input_size:
+            if opts["task"] is not None:
+                raise InputError(f"task {task} feeds {task_input_size(task)} input channels but the model takes "
+                                 f"{model.input_size}; use --task noise or --input FILE.npy")
+            task = "noise"
+        task_batch = make_task(task, opts["seq_len"], opts["batch_size"], opts["seed"], input_size=model.input_size,
+                               dtype=model.dtype)
+        x = task_batch.x
+        label = f"task {task}, T = {x.shape[0]}, B = {x.shape[1]}, seed {opts['seed']}"
+        cmd_extra = ["--task", task, "--seq-len", str(opts["seq_len"]), "--batch-size", str(opts["batch_size"])]
+        if task == "noise":
+            task_batch = None
+    opts["_cmd_input"] = cmd_extra
+    return x, task_batch, label
+
+
+def _loss_for(opts, model, x, task_batch):
+    """The task's loss gradient through a seeded readout, or None for the probe."""
+    from .engine import forward
+    from .tasks import out_size, readout, task_loss_grad
+
+    want = opts["loss"]
+    if task_batch is None:
+        return None, f"probe loss <u, h> ({want or 'last'}): seeded random unit vectors"
+    steps = "last" if task_batch.loss_steps in ("last", "window") else "all"
+    if want is not None and want != steps:
+        return None, (f"probe loss ({want}): the {task_batch.name} task's own loss looks at "
+                      f"{task_batch.loss_steps} steps")
+    w, b = readout(model.hidden_size, out_size(task_batch.name), seed=opts["seed"] + 1)
+    with np.errstate(all="ignore"):
+        h = forward(model, x).h
+    if not np.isfinite(h).all():
+        return None, f"probe loss: the {task_batch.name} task loss is undefined (the state overflowed)"
+    value, grad_h = task_loss_grad(task_batch, h.astype(np.float64), w, b)
+    opts["loss"] = steps
+    return grad_h, (f"{task_batch.name} task loss on a seeded random linear readout (value {value:.4g}; "
+                    f"trivial baseline {task_batch.baseline:.4g})")
+
+
+def _write_outputs(diag, metrics, formats, out, opts, model_label, cmd, input_label, loss_label, timings, console):
+    from .render.figures import all_figures, png_bytes
+    from .render.html import render_html
+    from .render.output import OutputError, write_report
+
+    if not formats:
+        return None
+    full_cmd = shlex.join([*cmd, *opts["_cmd_input"], *(["--loss", opts["loss"]] if opts["loss"] else []),
+                           "--horizon-factor", repr(opts["horizon_factor"])])
+    metrics["command"] = full_cmd
+    files: dict[str, bytes] = {}
+    t0 = time.perf_counter()
+    pngs = {}
+    if "png" in formats or "html" in formats:
+        with console.status("drawing figures...", spinner="dots"):
+            pngs = {name: png_bytes(fig) for name, fig in all_figures(diag).items()}
+    timings["figures"] = time.perf_counter() - t0
+    if "png" in formats:
+        files.update({f"{name}.png": data for name, data in pngs.items()})
+    if "html" in formats:
+        config = {
+            "model_label": model_label,
+            "command": full_cmd,
+            "rows": [("model", model_label), ("cell", diag.cell), ("input size", diag.input_size),
+                     ("hidden size", diag.hidden_size), ("layers", diag.num_layers), ("init", diag.init),
+                     ("seed", opts["seed"]), ("input", input_label), ("loss", loss_label),
+                     ("dtype", diag.dtype), ("horizon factor", opts["horizon_factor"])],
+        }
+        files["report.html"] = render_html(diag, metrics, pngs, config).encode("utf-8")
+    if "json" in formats:
+        files["metrics.json"] = json.dumps(metrics, indent=1, allow_nan=False).encode("utf-8")
+    t0 = time.perf_counter()
+    try:
+        write_report(out, files, opts["force"])
+    except (OSError, OutputError) as exc:
+        raise InputError(f"cannot write the report to {str(out)!r}: {_one_line(exc)}") from None
+    timings["writing"] = time.perf_counter() - t0
+    if opts["json_to"] not in (None, "-"):
+        # --json PATH: the metrics also at PATH
+        from .render.output import write_atomic
+
+        dest = Path(opts["json_to"])
+        if dest.exists() and not opts["force"]:
+            raise InputError(f"--json file {str(dest)!r} exists; pass --force or choose another path")
+        write_atomic(dest, files["metrics.json"])
+    return out / "report.html" if "html" in formats else out

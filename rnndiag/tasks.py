@@ -1,0 +1,125 @@
+"""Seeded generators for the standard long-dependency tasks, each with its loss on a linear readout.
+
+* ``adding`` (Arjovsky et al. 2016 form): channel 0 ~ U[0, 1], channel 1 marks one position in each half of the
+  sequence; target = the sum of the two marked values; loss MSE at the last step. Predicting 1 scores 1/6.
+* ``copy`` (Arjovsky et al. 2016): 10 symbols from 8, then T-1 blanks, a delimiter, 10 blanks; the output must
+  repeat the 10 symbols over the last 10 steps; one-hot input of 10 channels (0 blank, 1-8 symbols, 9 delimiter);
+  cross-entropy over those 10 steps. A memoryless predictor scores 10 ln 8 / (T + 20) per step.
+* ``sine``: a sine wave with random frequency and phase; predict the next value at every step (MSE).
+* ``noise``: standard normal inputs and no loss of its own (the analysis uses its probe loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validation import check_positive_int, make_rng
+
+TASKS = ("adding", "copy", "sine", "noise")
+COPY_SYMBOLS, COPY_LENGTH = 8, 10
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Inputs (T, B, I), targets, and where the loss looks."""
+
+    name: str
+    x: np.ndarray = field(repr=False)
+    targets: np.ndarray | None = field(repr=False)  # adding (B,), copy (10, B) ints, sine (T, B)
+    baseline: float | None  # loss of the trivial predictor
+    loss_steps: str  # "last", "window" (copy: the last 10) or "all"
+
+    @property
+    def input_size(self) -> int:
+        return self.x.shape[2]
+
+
+def input_size(task: str) -> int:
+    return {"adding": 2, "copy": COPY_SYMBOLS + 2, "sine": 1, "noise": 1}[check_task(task)]
+
+
+def check_task(task: str) -> str:
+    if not isinstance(task, str) or task.lower() not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    return task.lower()
+
+
+def make_task(task: str, seq_len: int, batch_size: int, seed=None, *, input_size: int | None = None,
+              dtype=np.float64) -> TaskBatch:
+    """A batch of ``task``. For ``copy`` the sequence is ``seq_len + 20`` steps long (``seq_len`` blanks)."""
+    task = check_task(task)
+    T = check_positive_int(seq_len, "seq_len")
+    B = check_positive_int(batch_size, "batch_size")
+    rng = make_rng(seed)
+    if task == "adding":
+        if T < 2:
+            raise ValueError("seq_len must be >= 2 for the adding task (one marker in each half)")
+        x = np.zeros((T, B, 2))
+        x[:, :, 0] = rng.uniform(0, 1, (T, B))
+        half = T // 2
+        i1 = rng.integers(0, half, B)
+        i2 = rng.integers(half, T, B)
+        x[i1, np.arange(B), 1] = 1.0
+        x[i2, np.arange(B), 1] = 1.0
+        target = x[i1, np.arange(B), 0] + x[i2, np.arange(B), 0]
+        return TaskBatch(task, x.astype(dtype), target, 1.0 / 6.0, "last")
+    if task == "copy":
+        total = T + 2 * COPY_LENGTH
+        sym = rng.integers(1, COPY_SYMBOLS + 1, (COPY_LENGTH, B))
+        x = np.zeros((total, B, COPY_SYMBOLS + 2))
+        x[np.arange(COPY_LENGTH)[:, None], np.arange(B)[None, :], sym] = 1.0
+        x[COPY_LENGTH:, :, 0] = 1.0
+        x[T + COPY_LENGTH - 1, :, 0] = 0.0
+        x[T + COPY_LENGTH - 1, :, COPY_SYMBOLS + 1] = 1.0  # delimiter
+        baseline = COPY_LENGTH * math.log(COPY_SYMBOLS) / total
+        return TaskBatch(task, x.astype(dtype), sym - 1, baseline, "window")
+    if task == "sine":
+        t = np.arange(T + 1)[:, None]
+        freq = rng.uniform(0.02, 0.2, B)[None, :]
+        phase = rng.uniform(0, 2 * math.pi, B)[None, :]
+        wave = np.sin(2 * math.pi * freq * t + phase)
+        return TaskBatch(task, wave[:-1, :, None].astype(dtype), wave[1:], 0.5, "all")
+    size = 1 if input_size is None else check_positive_int(input_size, "input_size")
+    return TaskBatch(task, rng.standard_normal((T, B, size)).astype(dtype), None, None, "all")
+
+
+def readout(hidden_size: int, out_size: int, seed=None) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded linear readout (W (O, H), b (O,)) with PyTorch's nn.Linear initialisation."""
+    rng = make_rng(seed)
+    k = 1.0 / math.sqrt(hidden_size)
+    return rng.uniform(-k, k, (out_size, hidden_size)), rng.uniform(-k, k, out_size)
+
+
+def task_loss_grad(batch: TaskBatch, h: np.ndarray, w: np.ndarray, b: np.ndarray):
+    """Loss (mean over the batch) of the readout ``y = W h + b`` and its gradient on ``h`` (T, B, H)."""
+    T, B, H = h.shape
+    grad_h = np.zeros_like(h, dtype=np.float64)
+    if batch.name == "adding":
+        y = h[-1] @ w.T + b  # (B, 1)
+        err = y[:, 0] - batch.targets
+        grad_h[-1] = (2.0 / B) * err[:, None] * w[0][None, :]
+        return float((err**2).mean()), grad_h
+    if batch.name == "copy":
+        logits = h[-COPY_LENGTH:] @ w.T + b  # (10, B, 8)
+        logits = logits - logits.max(axis=2, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=2, keepdims=True)
+        tgt = batch.targets
+        nll = -np.log(np.take_along_axis(p, tgt[:, :, None], axis=2)[:, :, 0])
+        d = p.copy()
+        np.put_along_axis(d, tgt[:, :, None], np.take_along_axis(d, tgt[:, :, None], axis=2) - 1.0, axis=2)
+        grad_h[-COPY_LENGTH:] = (d / (B * T)) @ w  # mean over all T steps and the batch
+        return float(nll.sum() / (B * T)), grad_h
+    if batch.name == "sine":
+        y = h @ w.T + b  # (T, B, 1)
+        err = y[:, :, 0] - batch.targets
+        grad_h[:] = (2.0 / (T * B)) * err[:, :, None] * w[0][None, None, :]
+        return float((err**2).mean()), grad_h
+    raise ValueError(f"task {batch.name!r} has no loss of its own; use the probe loss")
+
+
+def out_size(task: str) -> int:
+    return {"adding": 1, "copy": COPY_SYMBOLS, "sine": 1}[check_task(task)]
