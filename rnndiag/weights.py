@@ -33,17 +33,21 @@ def _fail(path: Path, message: str) -> WeightsFileError:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise _fail(path, "holds a single array, not named weights; save a dict with "
-                                  "np.savez(path, **state_dict)")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise _fail(path, "holds a single array, not named weights; save a dict with "
+                              "np.savez(path, **state_dict)")
+        with data:
             return {k: data[k] for k in data.files}
     except WeightsFileError:
         raise
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        if "object arrays" in str(exc).lower():
             raise _fail(path, "holds a pickled object array, which rnndiag never loads; save plain numeric "
                               "arrays (np.savez(path, **{k: v.numpy() for k, v in sd.items()}))") from None
+        if "pickled data" in str(exc).lower():  # numpy's word for bytes that are neither zip nor .npy
+            raise _fail(path, "is not an .npz archive (corrupt, or another format); re-save it with "
+                              "np.savez(path, **state_dict)") from None
         raise _fail(path, f"is not a readable .npz ({exc}); re-save it with np.savez") from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
@@ -174,8 +178,8 @@ def load_weights(path, cell: str | None = None, *, dtype=None, prefix: str | Non
     if {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[cell] != G:
         raise _fail(path, f"weight_hh_l0 has {G}*H rows, which is a {inferred}, not a {cell}; drop --cell or fix it")
     w_ih = raw["weight_ih_l0"]
-    if w_ih.ndim != 2:
-        raise _fail(path, f"weight_ih_l0 has shape {w_ih.shape}; expected ({G * H}, input_size)")
+    if w_ih.ndim != 2 or w_ih.shape[1] == 0:
+        raise _fail(path, f"weight_ih_l0 has shape {w_ih.shape}; expected ({G * H}, input_size) with input_size >= 1")
     input_size = w_ih.shape[1]
     layers = sorted({int(_KEY.match(k).group(2)) for k in raw})
     num_layers = len(layers)
@@ -231,6 +235,9 @@ def save_weights(model: RNNModel, path, *, overwrite: bool = False) -> Path:
                 except ImportError:
                     raise ValueError("saving .pt needs torch; pip install 'rnndiag[torch]' or save .npz") from None
                 torch.save({k: torch.from_numpy(v.copy()) for k, v in model.params.items()}, fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

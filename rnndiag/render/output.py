@@ -42,10 +42,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; reports are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_report(out: Path, files: dict[str, bytes], force: bool) -> list[Path]:
@@ -62,6 +69,7 @@ def write_report(out: Path, files: dict[str, bytes], force: bool) -> list[Path]:
     try:
         for name, data in files.items():
             (staging / name).write_bytes(data)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
         os.rename(staging, out)  # atomic; fails if someone created ``out`` meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
