@@ -39,6 +39,9 @@ class OneLineGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `rnndiag`: show the help, as help
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(0)
         except click.exceptions.UsageError as exc:
             cmd = exc.ctx.command_path if exc.ctx else "rnndiag"
             click.echo(f"rnndiag: error: {exc.format_message()} (see '{cmd} --help')", err=True)
@@ -70,9 +73,12 @@ def _load_input(path: Path, dtype) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise InputError(f"input file {str(path)!r} holds a pickled object, which rnndiag never loads; save a "
-                             "numeric array with np.save") from None
+        if "object arrays" in str(exc).lower():
+            raise InputError(f"input file {str(path)!r} holds a pickled object array, which rnndiag never loads; "
+                             "save a numeric array with np.save") from None
+        if "pickled" in str(exc).lower():  # numpy's word for bytes that are not a .npy file
+            raise InputError(f"input file {str(path)!r} is not a .npy file (corrupt, or another format); save it "
+                             "with np.save(path, x) with x of shape (T, B, I)") from None
         raise InputError(f"input file {str(path)!r} is not a readable .npy ({_one_line(exc)}); save it with "
                          "np.save") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -198,7 +204,10 @@ def analyze(**opts):
         out = opts["out"] or _default_out(model.cell)
         if formats:
             check_out_dir(out, opts["force"])
+        json_path = _check_json_path(opts)
         grad_h, loss_label = _loss_for(opts, model, x, task_batch)
+        opts["_command"] = shlex.join([*cmd, *opts["_cmd_input"], *(["--loss", opts["loss"]] if opts["loss"] else []),
+                                       "--horizon-factor", repr(opts["horizon_factor"])])
         timings = {"model": time.perf_counter() - t_start}
         t0 = time.perf_counter()
         with console.status("analysing (BPTT, Jacobian products, Lyapunov exponents)...", spinner="dots"):
@@ -208,12 +217,15 @@ def analyze(**opts):
         timings["analysis"] = time.perf_counter() - t0
     except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, OutputError) as exc:
         raise InputError(_one_line(exc)) from None
+    except MemoryError:
+        raise InputError("the problem is too large for this machine's memory; reduce --seq-len, --batch-size or "
+                         "--hidden-size") from None
     metrics = diag.to_dict()
     metrics["loss_detail"] = loss_label
     metrics["input"] = input_label
-    metrics["command"] = cmd
-    report = _write_outputs(diag, metrics, formats, out, opts, model_label, cmd, input_label, loss_label, timings,
-                            console)
+    metrics["command"] = opts["_command"]
+    report = _write_outputs(diag, metrics, formats, out, opts, model_label, input_label, loss_label, timings,
+                            console, json_path)
     if to_stdout:
         click.echo(json.dumps(metrics, allow_nan=False))
     from .render.terminal import summary
@@ -334,16 +346,29 @@ def _loss_for(opts, model, x, task_batch):
                     f"trivial baseline {task_batch.baseline:.4g})")
 
 
-def _write_outputs(diag, metrics, formats, out, opts, model_label, cmd, input_label, loss_label, timings, console):
+def _check_json_path(opts) -> Path | None:
+    """Check a ``--json PATH`` destination before any work, so a bad one writes nothing."""
+    if opts["json_to"] in (None, "-"):
+        return None
+    dest = Path(opts["json_to"])
+    if dest.is_dir():
+        raise InputError(f"--json path {str(dest)!r} is a folder; give a file name such as metrics.json")
+    if dest.exists() and not opts["force"]:
+        raise InputError(f"--json file {str(dest)!r} exists; pass --force or choose another path")
+    if not dest.parent.is_dir():
+        raise InputError(f"--json path {str(dest)!r}: folder {str(dest.parent)!r} does not exist; create it first")
+    return dest
+
+
+def _write_outputs(diag, metrics, formats, out, opts, model_label, input_label, loss_label, timings, console,
+                   json_path):
     from .render.figures import all_figures, png_bytes
     from .render.html import render_html
-    from .render.output import OutputError, write_report
+    from .render.output import OutputError, write_atomic, write_report
 
     if not formats:
         return None
-    full_cmd = shlex.join([*cmd, *opts["_cmd_input"], *(["--loss", opts["loss"]] if opts["loss"] else []),
-                           "--horizon-factor", repr(opts["horizon_factor"])])
-    metrics["command"] = full_cmd
+    full_cmd = opts["_command"]
     files: dict[str, bytes] = {}
     t0 = time.perf_counter()
     pngs = {}
@@ -368,15 +393,9 @@ def _write_outputs(diag, metrics, formats, out, opts, model_label, cmd, input_la
     t0 = time.perf_counter()
     try:
         write_report(out, files, opts["force"])
+        if json_path is not None:  # --json PATH: the metrics also at PATH
+            write_atomic(json_path, files["metrics.json"])
     except (OSError, OutputError) as exc:
         raise InputError(f"cannot write the report to {str(out)!r}: {_one_line(exc)}") from None
     timings["writing"] = time.perf_counter() - t0
-    if opts["json_to"] not in (None, "-"):
-        # --json PATH: the metrics also at PATH
-        from .render.output import write_atomic
-
-        dest = Path(opts["json_to"])
-        if dest.exists() and not opts["force"]:
-            raise InputError(f"--json file {str(dest)!r} exists; pass --force or choose another path")
-        write_atomic(dest, files["metrics.json"])
     return out / "report.html" if "html" in formats else out

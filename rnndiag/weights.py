@@ -45,7 +45,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         if "object arrays" in str(exc).lower():
             raise _fail(path, "holds a pickled object array, which rnndiag never loads; save plain numeric "
                               "arrays (np.savez(path, **{k: v.numpy() for k, v in sd.items()}))") from None
-        if "pickled data" in str(exc).lower():  # numpy's word for bytes that are neither zip nor .npy
+        if "pickled" in str(exc).lower():  # numpy's word for bytes that are neither zip nor .npy
             raise _fail(path, "is not an .npz archive (corrupt, or another format); re-save it with "
                               "np.savez(path, **state_dict)") from None
         raise _fail(path, f"is not a readable .npz ({exc}); re-save it with np.savez") from None

@@ -108,6 +108,11 @@ class Diagnosis:
     def to_dict(self) -> dict:
         gf = self.gradient_flow
         flow = gf.to_dict()
+        analysed = gf.grad_norm_per_sequence.shape[0]
+        if analysed < self.seq_len:  # the run overflowed: per-step lists keep length T, null after the overflow
+            pad = [None] * (self.seq_len - analysed)
+            flow = {k: (v + pad if isinstance(v, list) and len(v) == analysed and k != "horizon_per_sequence"
+                        else v) for k, v in flow.items()}
         return jsonable({
             "rnndiag_version": __version__,
             "cell": self.cell,
@@ -138,19 +143,25 @@ class Diagnosis:
                 "log10_jacobian_product_norm", "log10_step_jacobian_norm", "decay_per_step", "decay_fit_r2",
                 "decay_fit_note", "jacobian_decay_per_step", "horizon_steps", "horizon_censored", "horizon_factor",
                 "horizon_extrapolated", "jacobian_sampled_sequences", "jacobian_norm_method")},
+            "analysed_steps": analysed,
             "null_means": "a value that is undefined or non-finite (NaN/Inf) in the run; see nonfinite and notes",
         })
 
 
 # ----------------------------------------------------------------------------------------------------------------
+def probe_vectors(B: int, H: int, seed: int | None) -> np.ndarray:
+    """The probe's seeded random unit vectors u (B, H) at the last step."""
+    u = make_rng(seed).standard_normal((B, H))
+    return u / np.linalg.norm(u, axis=1, keepdims=True)
+
+
 def probe_grad_h(loss: str, T: int, B: int, H: int, seed: int | None, dtype) -> np.ndarray:
     """The probe loss's gradient: seeded random unit vectors u at the last step (or u_t at every step)."""
-    rng = make_rng(seed)
     g = np.zeros((T, B, H), dtype)
     if loss == "last":
-        u = rng.standard_normal((B, H))
-        g[-1] = u / np.linalg.norm(u, axis=1, keepdims=True)
+        g[-1] = probe_vectors(B, H, seed)
     else:
+        rng = make_rng(seed)
         for t in range(T):  # drawn step by step: the same u_t for any T' >= t
             u = rng.standard_normal((B, H))
             g[t] = u / np.linalg.norm(u, axis=1, keepdims=True)
@@ -281,7 +292,7 @@ def analyze(
 
     spectra = weight_spectra(model)
     layers: list[LayerDiagnosis] = []
-    probe_start = probe_grad_h("last", T, B, H, seed, np.float64)[-1]
+    probe_start = probe_vectors(B, H, seed)
     for lt, spectrum in zip(trace.layers, spectra):
         start_h = probe_start
         if lt.layer == model.num_layers - 1 and loss == "last":

@@ -54,7 +54,8 @@ def fit_decay(log10_norm: np.ndarray) -> DecayFit:
     slope, intercept = np.polyfit(k, y, 1)
     resid = y - (slope * k + intercept)
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    flat = ss_tot <= (1e-12 * max(1.0, float(np.abs(y).max()))) ** 2 * y.size  # flat up to rounding
+    r2 = 1.0 if flat else 1.0 - float((resid**2).sum()) / ss_tot
     return DecayFit(float(slope), r2, n)
 
 

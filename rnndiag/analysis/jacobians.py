@@ -58,7 +58,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     log_step = np.empty((T, n))
     m = np.broadcast_to(np.eye(S, dtype=dtype), (n, S, S)).copy()  # normalised P_t
     log_scale = np.zeros(n)
-    p = min(S, 4)
+    p = min(S, 8)
     rng = np.random.default_rng(0)
     v_prod = np.linalg.qr(rng.standard_normal((n, S, p)))[0]
     v_step = v_prod.copy()
@@ -76,7 +76,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
             if exact:
                 sig = exact_top_singular_value(m)
             else:
-                sig, v_prod, ok = top_singular_value(m, v_prod, tol=1e-10, max_iter=100)
+                sig, v_prod, ok = top_singular_value(m, v_prod, tol=1e-10, max_iter=30)
                 all_converged &= bool(ok.all())
             with np.errstate(divide="ignore"):
                 log_prod[t] = (log_scale + np.log(sig)) * LOG10_E

@@ -92,7 +92,7 @@ def lyapunov_spectrum(
     for t in range(T):
         q = lt.step_jacobian(t, batch).astype(np.float64, copy=False) @ q  # (n, S, k)
         pending += 1
-        if pending == reortho_every or t == T - 1:
+        if pending == reortho_every or t == T - 1 or t == warmup - 1:  # a QR at the warm-up's end too
             q, r = np.linalg.qr(q)
             d = np.diagonal(r, axis1=1, axis2=2)
             sign = np.where(d < 0, -1.0, 1.0)
@@ -105,5 +105,7 @@ def lyapunov_spectrum(
             pending = 0
     per_seq = log_sum / max(steps, 1)
     per_seq = -np.sort(-per_seq, axis=1)
-    return LyapunovSpectrum(per_seq.mean(axis=0), per_seq.std(axis=0), per_seq, tuple(int(b) for b in batch),
+    with np.errstate(invalid="ignore"):  # -inf exponents (singular Jacobians): equal values have no spread
+        spread = np.where(np.all(per_seq == per_seq[:1], axis=0), 0.0, per_seq.std(axis=0))
+    return LyapunovSpectrum(per_seq.mean(axis=0), spread, per_seq, tuple(int(b) for b in batch),
                             warmup, reortho_every, steps, q0)

@@ -1,0 +1,380 @@
+"""The analysis layer against closed-form answers: Lyapunov exponents, Jacobian-product norms, gate timescales.
+
+Every case is built so that the exact answer is known:
+
+* a tanh RNN with zero input, zero bias and zero initial state stays at h = 0, so every step Jacobian is
+  ``diag(1 - 0^2) W_hh = W_hh``; with ``W_hh = a Q`` (Q orthogonal) every Lyapunov exponent is ``ln a`` and
+  ``||d h_{T-1} / d h_t||_2 = a^(T-1-t)``; with a diagonal ``W_hh = D`` the exponents are ``ln |d_i|``;
+* an LSTM with ``W_hh = 0``, zero input and zero biases except the forget gate stays at h = c = 0, and
+  ``J_t = [[0, k_c f], [0, f]]`` with ``f = sigmoid(b_f)``, ``k_c = o = sigmoid(0) = 1/2``;
+* a GRU with ``W_hh = 0`` and ``b_hh = 0`` has ``J_t = diag(z_t)``, ``z_t = sigmoid(W_iz x_t + b_iz)``;
+* for any driven network, the sum of all S exponents (QR method, no warm-up) is the mean of ``ln |det J_t|``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import rnndiag
+from rnndiag.analysis import analyze, gate_stats, last_step_chain, lyapunov_spectrum, product_norms
+from rnndiag.init import orthogonal
+
+LN10 = math.log(10.0)
+
+
+# -- builders ------------------------------------------------------------------------------------------------
+def haar(H: int, seed: int) -> np.ndarray:
+    """A Haar-random orthogonal (H, H) matrix."""
+    return orthogonal(np.random.default_rng(seed), H, H)
+
+
+def with_params(model: rnndiag.RNNModel, **updates) -> rnndiag.RNNModel:
+    p = model.state_dict()
+    for name, value in updates.items():
+        p[name] = np.asarray(value, dtype=np.float64)
+    return model.with_params(p)
+
+
+def tanh_rnn(w_hh: np.ndarray, input_size: int = 1) -> rnndiag.RNNModel:
+    """A 1-layer tanh RNN with recurrent weights ``w_hh``, random input weights and zero biases."""
+    H = w_hh.shape[0]
+    base = rnndiag.init_model("rnn_tanh", input_size, H, init="xavier_normal", seed=3)  # zero biases
+    assert not base.params["bias_ih_l0"].any() and not base.params["bias_hh_l0"].any()
+    return with_params(base, weight_hh_l0=w_hh)
+
+
+def lstm_no_recurrence(H: int, b_f: float) -> rnndiag.RNNModel:
+    """LSTM with W_hh = 0 and all biases zero except the forget gate's (b_ih_f = b_f)."""
+    base = rnndiag.init_model("lstm", 1, H, init="xavier_normal", seed=4)
+    b_ih = np.zeros(4 * H)
+    b_ih[H : 2 * H] = b_f
+    return with_params(base, weight_hh_l0=np.zeros((4 * H, H)), bias_ih_l0=b_ih, bias_hh_l0=np.zeros(4 * H))
+
+
+def gru_no_recurrence(I: int, H: int) -> rnndiag.RNNModel:
+    """GRU with random W_ih and b_ih (PyTorch init), W_hh = 0 and b_hh = 0."""
+    base = rnndiag.init_model("gru", I, H, init="pytorch", seed=5)
+    return with_params(base, weight_hh_l0=np.zeros((3 * H, H)), bias_hh_l0=np.zeros(3 * H))
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-np.asarray(a, dtype=np.float64)))
+
+
+def full_product(lt, T: int) -> np.ndarray:
+    """``d s_{T-1} / d s_{-1} = J_{T-1} ... J_0`` (B, S, S) from the step Jacobians."""
+    prod = np.broadcast_to(np.eye(lt.state_size), (lt.h0.shape[0], lt.state_size, lt.state_size)).copy()
+    for t in range(T):
+        prod = lt.step_jacobian(t) @ prod
+    return prod
+
+
+# -- 1. W_hh = a Q at the fixed point h = 0 -------------------------------------------------------------------
+GAINS = (0.5, 0.9, 1.0, 1.5)
+
+
+@pytest.mark.parametrize("a", GAINS)
+def test_scaled_orthogonal_exact_through_analyze(a):
+    H, T, B = 16, 80, 2
+    model = tanh_rnn(a * haar(H, seed=1))
+    d = analyze(model, np.zeros((T, B, 1)), lyapunov_warmup=0, batch_sample="all")
+    ld = d.layers[0]
+    # the state never leaves 0
+    assert d.nonfinite is None
+    # every Lyapunov exponent is ln a
+    ly = ld.lyapunov
+    assert ly.exponents.shape == (H,)  # default k = min(S, 32) = H
+    assert ly.steps == T and ly.warmup == 0
+    np.testing.assert_allclose(ly.exponents, math.log(a), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ly.per_sequence, math.log(a), rtol=0, atol=1e-10)
+    assert ly.top == pytest.approx(math.log(a), abs=1e-10)
+    # log10 ||d h_{T-1} / d h_t||_2 = (T-1-t) log10 a; index T-1 (the identity) is 0
+    expected = (T - 1 - np.arange(T)) * math.log10(a)
+    prod = ld.flow.log10_jacobian_product_norm
+    assert prod.shape == (T, B)
+    assert np.all(prod[T - 1] == 0.0)
+    np.testing.assert_allclose(prod, np.repeat(expected[:, None], B, axis=1), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ld.flow.log10_step_jacobian_norm, math.log10(a), rtol=0, atol=1e-12)
+    # the probe is a unit vector and J^T = a Q^T: the last-step gradient has norm a^(T-1-t) exactly
+    np.testing.assert_allclose(ld.flow.log10_last_step, np.repeat(expected[:, None], B, axis=1), atol=1e-10)
+    np.testing.assert_allclose(ld.flow.grad_norm_per_sequence, 10.0 ** expected[:, None] * np.ones(B),
+                               rtol=1e-10)
+    assert ld.flow.fit.rate == pytest.approx(math.log10(a), abs=1e-10)
+    if a != 1.0:  # a flat curve: see test_flat_decay_curve_r2
+        assert ld.flow.fit.r2 == pytest.approx(1.0, abs=1e-10)
+    # the same numbers in the JSON form
+    out = d.to_dict()
+    np.testing.assert_allclose(out["layers"][0]["lyapunov_exponents"], math.log(a), atol=1e-10)
+    np.testing.assert_allclose(out["gradient_flow"]["log10_jacobian_product_norm"], expected, atol=1e-10)
+
+
+@pytest.mark.parametrize(("a", "verdict", "horizon"), [(0.5, "vanishing", 10), (0.9, "vanishing", 66),
+                                                       (1.0, "healthy", 80), (1.5, "exploding", None)])
+def test_scaled_orthogonal_verdict_and_horizon(a, verdict, horizon):
+    """With gain a per step the gradient falls below 1e-3 after ceil(3 / -log10 a) steps."""
+    H, T = 16, 80
+    d = analyze(tanh_rnn(a * haar(H, seed=1)), np.zeros((T, 2, 1)), lyapunov_warmup=0)
+    assert d.verdict == verdict, d.verdict_detail
+    if horizon is not None:
+        assert d.layers[0].flow.horizon.steps == horizon
+        assert d.to_dict()["gradient_flow"]["horizon_steps"] == horizon
+    if a == 1.0:
+        assert d.layers[0].flow.horizon.censored
+        assert "edge of chaos" in d.verdict_detail
+    if a == 1.5:
+        assert d.rules[0].rule == "growth"
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["svd", "power-iteration"])
+@pytest.mark.parametrize("a", GAINS)
+def test_scaled_orthogonal_exact_direct(a, exact):
+    """``product_norms`` and ``lyapunov_spectrum`` on a trace from ``rnndiag.forward``."""
+    H, T, B = 8, 60, 3
+    tr = rnndiag.forward(tanh_rnn(a * haar(H, seed=2)), np.zeros((T, B, 1)))
+    lt = tr.layers[0]
+    assert not lt.h.any()
+    log_prod, log_step, converged = product_norms(lt, np.arange(B), exact=exact)
+    assert converged
+    expected = (T - 1 - np.arange(T)) * math.log10(a)
+    np.testing.assert_allclose(log_prod, np.repeat(expected[:, None], B, axis=1), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(log_step, math.log10(a), rtol=0, atol=1e-6 if not exact else 1e-12)
+    for q0 in ("identity", "random"):
+        ly = lyapunov_spectrum(lt, np.arange(B), k=H, warmup=0, q0=q0)
+        np.testing.assert_allclose(ly.per_sequence, math.log(a), rtol=0, atol=1e-10)
+    ly = lyapunov_spectrum(lt, [1], k=3, warmup=0)  # k < S: a random frame, still exact here
+    assert ly.q0 == "random"
+    np.testing.assert_allclose(ly.exponents, math.log(a), atol=1e-10)
+
+
+# -- 2. diagonal W_hh -----------------------------------------------------------------------------------------
+DIAG = np.array([0.3, -0.5, 0.9, 1.0, -1.2, 1.7, 0.05, -2.0])
+
+
+def test_diagonal_recurrence_exponents_are_log_abs_diagonal():
+    T, B = 50, 2
+    model = tanh_rnn(np.diag(DIAG))
+    expected = np.sort(np.log(np.abs(DIAG)))[::-1]
+    d = analyze(model, np.zeros((T, B, 1)), q0="identity", lyapunov_warmup=0, batch_sample="all")
+    ly = d.layers[0].lyapunov
+    assert ly.q0 == "identity"
+    np.testing.assert_allclose(ly.exponents, expected, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ly.per_sequence, np.tile(expected, (B, 1)), rtol=0, atol=1e-10)
+    # the product of diagonal Jacobians has norm max|d|^(T-1-t)
+    top = np.log10(np.abs(DIAG).max())
+    np.testing.assert_allclose(d.layers[0].flow.log10_jacobian_product_norm[:, 0],
+                               (T - 1 - np.arange(T)) * top, atol=1e-10)
+    # directly on a forward trace, and with reorthonormalisation every 5 steps (still exact: D Q stays upper
+    # triangular in the identity frame)
+    lt = rnndiag.forward(model, np.zeros((T, B, 1))).layers[0]
+    for every in (1, 5, 7):
+        ly = lyapunov_spectrum(lt, np.arange(B), warmup=0, q0="identity", reortho_every=every)
+        np.testing.assert_allclose(ly.exponents, expected, rtol=0, atol=1e-10)
+
+
+def test_diagonal_recurrence_random_frame_converges():
+    """From a random frame the QR method still finds ln|d_i|, up to a transient of O(1/T)."""
+    T = 400
+    lt = rnndiag.forward(tanh_rnn(np.diag(DIAG)), np.zeros((T, 1, 1))).layers[0]
+    ly = lyapunov_spectrum(lt, [0], warmup=0, q0="random", seed=7)
+    np.testing.assert_allclose(ly.exponents, np.sort(np.log(np.abs(DIAG)))[::-1], rtol=0, atol=0.02)
+
+
+# -- 3. LSTM without recurrent weights --------------------------------------------------------------------------
+FORGET_BIASES = (-1.0, 0.0, 1.0, 3.0)
+
+
+@pytest.mark.parametrize("b_f", FORGET_BIASES)
+def test_lstm_forget_gate_carries_the_cell_gradient(b_f):
+    H, T, B = 4, 50, 2
+    f = float(sigmoid(b_f))
+    tr = rnndiag.forward(lstm_no_recurrence(H, b_f), np.zeros((T, B, 1)))
+    lt = tr.layers[0]
+    assert not lt.h.any() and not lt.c.any()
+    J = lt.step_jacobian(7)
+    expected_J = np.zeros((B, 2 * H, 2 * H))
+    expected_J[:, :H, H:] = 0.5 * f * np.eye(H)  # dh/dc_{t-1} = k_c f, k_c = o (1 - tanh^2 0) = 1/2
+    expected_J[:, H:, H:] = f * np.eye(H)
+    np.testing.assert_allclose(J, expected_J, rtol=1e-15, atol=0)
+    prod = full_product(lt, T)  # d s_{T-1} / d s_{-1}
+    np.testing.assert_allclose(prod[:, H:, H:], np.broadcast_to(f**T * np.eye(H), (B, H, H)), rtol=1e-12,
+                               atol=0)
+    np.testing.assert_allclose(prod[:, H:, H:].diagonal(axis1=1, axis2=2), f**T, rtol=1e-12)
+    assert not prod[:, :, :H].any()  # nothing flows from h_{-1}
+    # ||J^n||_2 = f^n ||[1/2; 1]|| for n >= 1
+    log_prod, _, _ = product_norms(lt, np.arange(B))
+    n = T - 1 - np.arange(T - 1)
+    np.testing.assert_allclose(log_prod[: T - 1, 0], n * math.log10(f) + 0.5 * math.log10(1.25), atol=1e-10)
+    assert np.all(log_prod[T - 1] == 0)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in subtract:RuntimeWarning")  # the -inf spread bug
+@pytest.mark.parametrize("b_f", FORGET_BIASES)
+def test_lstm_forget_gate_lyapunov_and_timescale(b_f):
+    H, T, B = 4, 50, 2
+    f = float(sigmoid(b_f))
+    model = lstm_no_recurrence(H, b_f)
+    x = np.zeros((T, B, 1))
+    lt = rnndiag.forward(model, x).layers[0]
+    # top H exponents: ln f. From a random frame the first step maps it into the invariant subspace
+    # {[v/2; v]}, after which J acts as f * identity on it: skip that one step.
+    ly = lyapunov_spectrum(lt, np.arange(B), k=H, warmup=1)
+    assert ly.q0 == "random"
+    np.testing.assert_allclose(ly.per_sequence, math.log(f), rtol=0, atol=1e-10)
+    # full spectrum from the identity frame: H exponents ln f and H exponents ln 0 = -inf
+    ly = lyapunov_spectrum(lt, np.arange(B), warmup=0)
+    assert ly.exponents.shape == (2 * H,)
+    np.testing.assert_allclose(ly.exponents[:H], math.log(f), rtol=0, atol=1e-10)
+    assert np.all(np.isneginf(ly.exponents[H:]))
+    # through analyze
+    d = analyze(model, x, lyapunov_k=H, lyapunov_warmup=1)
+    ld = d.layers[0]
+    np.testing.assert_allclose(ld.lyapunov.exponents, math.log(f), rtol=0, atol=1e-10)
+    assert ld.forget_bias == pytest.approx(b_f)
+    # the forget gate is f everywhere: memory timescale -1 / ln f
+    for gs in (ld.gates, gate_stats(lt)):
+        assert gs.memory_gate == "f"
+        assert gs.memory_gate_mean == pytest.approx(f, rel=1e-14)
+        assert gs.memory_timescale == pytest.approx(-1.0 / math.log(f), rel=1e-12)
+        np.testing.assert_allclose(gs.unit_timescales, -1.0 / math.log(f), rtol=1e-12)
+    assert d.to_dict()["layers"][0]["gates"]["memory_timescale_steps"] == pytest.approx(-1.0 / math.log(f))
+    # the -inf exponents of the full spectrum become null in JSON
+    d_full = analyze(model, x, lyapunov_warmup=0, q0="identity")
+    exps = d_full.to_dict()["layers"][0]["lyapunov_exponents"]
+    assert exps[H:] == [None] * H
+    np.testing.assert_allclose(exps[:H], math.log(f), atol=1e-10)
+
+
+# -- 4. GRU without recurrent weights ---------------------------------------------------------------------------
+def test_gru_step_jacobian_is_update_gate_zero_input():
+    I, H, T, B = 3, 5, 12, 2
+    model = gru_no_recurrence(I, H)
+    b_iz = model.params["bias_ih_l0"][H : 2 * H]
+    lt = rnndiag.forward(model, np.zeros((T, B, I))).layers[0]
+    z = sigmoid(b_iz)
+    for t in range(T):
+        np.testing.assert_allclose(lt.step_jacobian(t), np.broadcast_to(np.diag(z), (B, H, H)), rtol=1e-15,
+                                   atol=0)
+    # constant diagonal Jacobian: exponents are ln z sorted, products max(z)^(T-1-t)
+    ly = lyapunov_spectrum(lt, np.arange(B), warmup=0)
+    np.testing.assert_allclose(ly.exponents, np.sort(np.log(z))[::-1], atol=1e-12)
+    log_prod, _, _ = product_norms(lt, np.arange(B))
+    np.testing.assert_allclose(log_prod[:, 1], (T - 1 - np.arange(T)) * np.log10(z.max()), atol=1e-12)
+    gs = gate_stats(lt)
+    assert gs.memory_gate == "z"
+    np.testing.assert_allclose(gs.unit_timescales, -1.0 / np.log(z), rtol=1e-12)
+
+
+def test_gru_step_jacobian_is_update_gate_random_input():
+    I, H, T, B = 3, 5, 12, 4
+    model = gru_no_recurrence(I, H)
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    w_iz = model.params["weight_ih_l0"][H : 2 * H]
+    b_iz = model.params["bias_ih_l0"][H : 2 * H]
+    z = sigmoid(x @ w_iz.T + b_iz)  # (T, B, H), independent of h since W_hh = 0, b_hh = 0
+    tr = rnndiag.forward(model, x)
+    v = np.random.default_rng(1).standard_normal((B, H))
+    for t in range(T):
+        J = tr.step_jacobian(t)
+        expected = np.zeros((B, H, H))
+        expected[:, np.arange(H), np.arange(H)] = z[t]
+        np.testing.assert_allclose(J, expected, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(tr.jvp(t, v), z[t] * v, rtol=1e-13)
+        np.testing.assert_allclose(tr.vjp(t, v), z[t] * v, rtol=1e-13)
+    ly = lyapunov_spectrum(tr.layers[0], np.arange(B), warmup=0)
+    np.testing.assert_allclose(ly.per_sequence.sum(axis=1), np.log(z).sum(axis=2).mean(axis=0), atol=1e-12)
+
+
+# -- 5. sum of exponents = mean ln|det J_t| ---------------------------------------------------------------------
+def mean_logdet(lt, T: int, warmup: int = 0) -> np.ndarray:
+    """Mean over t >= warmup of ln|det J_t|, per sequence (B,)."""
+    out = []
+    for t in range(warmup, T):
+        sign, logdet = np.linalg.slogdet(lt.step_jacobian(t))
+        assert np.all(sign != 0)
+        out.append(logdet)
+    return np.mean(out, axis=0)
+
+
+@pytest.mark.parametrize("reortho_every", [1, 5])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_exponent_sum_is_mean_log_det(cell, reortho_every):
+    I, H, T, B = 3, 6, 103, 3
+    model = rnndiag.init_model(cell, I, H, init="pytorch", seed=11)  # random weights and biases
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((T, B, I))
+    d = analyze(model, x, lyapunov_k=model.state_size, lyapunov_warmup=0, q0="identity",
+                reortho_every=reortho_every, batch_sample="all", keep_trace=True)
+    lt = d.trace.layers[0]
+    expected = mean_logdet(lt, T)
+    ly = d.layers[0].lyapunov
+    assert ly.exponents.shape == (model.state_size,) and ly.steps == T
+    # Exact in exact arithmetic. In floating point, r steps without a QR let the frame's columns separate by
+    # exp(r (lambda_1 - lambda_S)), and the smallest diagonal entries of R lose that factor in relative
+    # accuracy: the LSTM here has lambda_1 - lambda_S ~ 5, i.e. ~1e11 for r = 5, the others < 1.
+    spread = float(ly.exponents[0] - ly.exponents[-1])
+    tol = 1e-8 + 1e-15 * math.exp(reortho_every * spread)
+    assert tol < (1e-4 if cell == "lstm" else 1e-8 + 1e-12)
+    np.testing.assert_allclose(ly.per_sequence.sum(axis=1), expected, rtol=0, atol=tol)
+    assert ly.exponents.sum() == pytest.approx(expected.mean(), abs=tol)
+    # the same through lyapunov_spectrum on a fresh forward trace
+    lt2 = rnndiag.forward(model, x).layers[0]
+    ly2 = lyapunov_spectrum(lt2, np.arange(B), warmup=0, q0="identity", reortho_every=reortho_every)
+    np.testing.assert_allclose(ly2.per_sequence.sum(axis=1), expected, rtol=0, atol=tol)
+    # and after a warm-up (reorthonormalising every step, so the warm-up is exact)
+    ly3 = lyapunov_spectrum(lt2, np.arange(B), warmup=20, q0="identity")
+    assert ly3.steps == T - 20
+    np.testing.assert_allclose(ly3.per_sequence.sum(axis=1), mean_logdet(lt2, T, warmup=20), atol=1e-8)
+
+
+# -- 7. log domain: 100,000 steps of gain 0.1 or 10 -------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("a", [0.1, 10.0])
+def test_products_over_100k_steps_stay_finite(a):
+    H, T = 2, 100_000
+    tr = rnndiag.forward(tanh_rnn(a * haar(H, seed=3)), np.zeros((T, 1, 1)))
+    lt = tr.layers[0]
+    assert not lt.h.any()  # h stays at 0 even for a = 10
+    expected = (T - 1 - np.arange(T)) * math.log10(a)
+    with np.errstate(all="raise"):  # no overflow, no underflow, no log(0)
+        log_prod, log_step, converged = product_norms(lt, np.arange(1))
+        chain = last_step_chain(lt, np.array([[0.6, 0.8]]))
+    assert converged
+    for got in (log_prod[:, 0], chain[:, 0]):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+        assert got[0] == pytest.approx(expected[0], rel=1e-6)  # the far end: +-99,999 decades
+    np.testing.assert_allclose(log_step, math.log10(a), atol=1e-12)
+
+
+# -- bugs found while writing these tests --------------------------------------------------------------------------
+@pytest.mark.filterwarnings("error")
+def test_singular_jacobian_spread_is_zero_without_warning():
+    lt = rnndiag.forward(lstm_no_recurrence(4, 1.0), np.zeros((20, 2, 1))).layers[0]
+    ly = lyapunov_spectrum(lt, np.arange(2), warmup=0)  # exponents [ln f] * 4 + [-inf] * 4, same per sequence
+    assert np.all(np.isneginf(ly.exponents[4:]))
+    np.testing.assert_array_equal(ly.spread, 0.0)
+
+
+def test_flat_decay_curve_r2():
+    d = analyze(tanh_rnn(haar(16, seed=1)), np.zeros((80, 2, 1)), lyapunov_warmup=0)
+    fit = d.layers[0].flow.fit
+    assert fit.rate == pytest.approx(0.0, abs=1e-12)
+    assert np.ptp(d.layers[0].flow.median_last_step) < 1e-12  # flat to rounding
+    assert fit.r2 == pytest.approx(1.0, abs=1e-6)
+
+
+def test_warmup_with_sparse_reorthonormalisation():
+    # the LSTM without recurrence: after one step the random frame is in the invariant subspace (exact ln f)
+    H = 4
+    lt = rnndiag.forward(lstm_no_recurrence(H, 1.0), np.zeros((50, 2, 1))).layers[0]
+    ly = lyapunov_spectrum(lt, np.arange(2), k=H, warmup=1, reortho_every=5)
+    np.testing.assert_allclose(ly.per_sequence, math.log(sigmoid(1.0)), rtol=0, atol=1e-10)
+    # a driven tanh RNN: the sum identity over t >= warmup
+    T, B = 103, 3
+    model = rnndiag.init_model("rnn_tanh", 3, 6, init="pytorch", seed=11)
+    lt = rnndiag.forward(model, np.random.default_rng(12).standard_normal((T, B, 3))).layers[0]
+    ly = lyapunov_spectrum(lt, np.arange(B), warmup=22, q0="identity", reortho_every=5)
+    np.testing.assert_allclose(ly.per_sequence.sum(axis=1), mean_logdet(lt, T, warmup=22), rtol=0, atol=1e-8)
