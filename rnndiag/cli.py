@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import shlex
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 from rich.console import Console
+from rich.text import Text
 
 from ._validation import CELLS
 from ._version import __version__
@@ -399,3 +401,325 @@ def _write_outputs(diag, metrics, formats, out, opts, model_label, input_label, 
         raise InputError(f"cannot write the report to {str(out)!r}: {_one_line(exc)}") from None
     timings["writing"] = time.perf_counter() - t0
     return out / "report.html" if "html" in formats else out
+
+
+# -- init / clip / train -----------------------------------------------------------------------------------------
+def _common_options(fn):
+    """Options shared by init, clip and train (the model, the task, the output)."""
+    opts = [
+        click.option("--cell", type=click.Choice(CELLS, case_sensitive=False), default="rnn_tanh", show_default=True,
+                     help="Cell type."),
+        click.option("--hidden-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--num-layers", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--gain", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Gain of the init (orthogonal, xavier, kaiming) or scale of identity."),
+        click.option("--forget-bias", type=float, default=None, help="LSTM forget-gate bias."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--task", type=click.Choice(("adding", "copy", "sine"), case_sensitive=False), default="adding",
+                     show_default=True, help="Task to diagnose and train on."),
+        click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
+        click.option("--optimizer", type=click.Choice(("adam", "sgd")), default="adam", show_default=True),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Report folder. [default: reports/<command>-<cell>-<YYYYmmdd-HHMMSS>/]"),
+        click.option("--format", "formats", default="html,png,json", show_default=True,
+                     help="A comma-separated subset of html,png,json (or none)."),
+        click.option("--json", "json_to", default=None, help="Also print the metrics JSON: '-' for stdout."),
+        click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out folder."),
+        click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json -)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _prepare(opts, kind: str):
+    """Console, formats and a checked output folder -- before any work, so bad options write nothing."""
+    from .render.output import OutputError, check_out_dir
+
+    to_stdout = opts["json_to"] == "-"
+    console = Console(stderr=to_stdout, quiet=opts["quiet"], highlight=False)
+    formats = _parse_formats(opts["formats"])
+    out = opts["out"] or _default_out(f"{kind}-{opts['cell']}")
+    try:
+        if formats:
+            check_out_dir(out, opts["force"])
+        json_path = _check_json_path(opts)
+    except OutputError as exc:
+        raise InputError(_one_line(exc)) from None
+    return console, formats, out, json_path
+
+
+def _emit(kind, title, headline, reasons, columns, rows, config, command, metrics, figs, formats, out, opts,
+          json_path, console):
+    from .render.figures import png_bytes
+    from .render.html import render_comparison
+    from .render.output import OutputError, write_atomic, write_report
+
+    metrics = {"rnndiag_version": __version__, **metrics, "command": command}
+    files: dict[str, bytes] = {}
+    pngs = {name: png_bytes(fig) for name, fig in figs.items()} if {"png", "html"} & set(formats) else {}
+    if "png" in formats:
+        files.update({f"{n}.png": d for n, d in pngs.items()})
+    if "html" in formats:
+        files["report.html"] = render_comparison(kind, title, headline, reasons, columns, rows, config, command,
+                                                 metrics, pngs).encode("utf-8")
+    if "json" in formats:
+        files["metrics.json"] = json.dumps(metrics, indent=1, allow_nan=False).encode("utf-8")
+    if files:
+        try:
+            write_report(out, files, opts["force"])
+            if json_path is not None:
+                write_atomic(json_path, files["metrics.json"])
+        except (OSError, OutputError) as exc:
+            raise InputError(f"cannot write the report to {str(out)!r}: {_one_line(exc)}") from None
+        console.print(Text("report: ", style="bold").append(str(out / "report.html" if "html" in formats else out)))
+    if opts["json_to"] == "-":
+        click.echo(json.dumps(metrics, allow_nan=False))
+
+
+def _fmt_num(v, spec=".3g") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def _base_cmd(kind: str, opts, extra: list[str]) -> str:
+    parts = ["rnndiag", kind, "--cell", opts["cell"], "--hidden-size", str(opts["hidden_size"]), "--num-layers",
+             str(opts["num_layers"]), "--seed", str(opts["seed"]), "--task", opts["task"], "--seq-len",
+             str(opts["seq_len"]), "--batch-size", str(opts["batch_size"]), "--lr", repr(opts["lr"]),
+             "--optimizer", opts["optimizer"]]
+    if opts["gain"] is not None:
+        parts += ["--gain", repr(opts["gain"])]
+    if opts["forget_bias"] is not None:
+        parts += ["--forget-bias", repr(opts["forget_bias"])]
+    return shlex.join(parts + extra)
+
+
+def _progress_printer(console):
+    def show(message: str) -> None:
+        console.print(Text(f"  {message}", style="dim"))
+
+    return show
+
+
+@main.command("init")
+@_common_options
+@click.option("--schemes", default="tutorial,pytorch,xavier_uniform,orthogonal,identity,keras", show_default=True,
+              help="Comma-separated initialization schemes to compare.")
+@click.option("--train-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also train each scheme this many steps and compare the final test loss.")
+def init_cmd(**opts):
+    """Compare initialization schemes side by side: at initialization and, with --train-steps, after training.
+
+    \b
+    Examples:
+      rnndiag init --cell rnn_tanh --seq-len 100
+      rnndiag init --cell lstm --schemes pytorch,keras,orthogonal --train-steps 500
+    """
+    from .experiments import compare_inits
+    from .render.compare import init_figures
+    from .tasks import input_size as task_input_size
+
+    console, formats, out, json_path = _prepare(opts, "init")
+    schemes = [s.strip() for s in opts["schemes"].split(",") if s.strip()]
+    try:
+        from .init import check_scheme
+
+        schemes = [check_scheme(s) for s in schemes]
+        if not schemes:
+            raise ValueError("--schemes is empty; e.g. --schemes tutorial,orthogonal")
+        cmp = compare_inits(opts["cell"], task_input_size(opts["task"]), opts["hidden_size"], schemes=schemes,
+                            num_layers=opts["num_layers"], task=opts["task"], seq_len=opts["seq_len"],
+                            batch_size=opts["batch_size"], seed=opts["seed"], gain=opts["gain"],
+                            forget_bias=opts["forget_bias"], train_steps=opts["train_steps"],
+                            train_kwargs={"lr": opts["lr"], "optimizer": opts["optimizer"],
+                                          "batch_size": opts["batch_size"]},
+                            progress=_progress_printer(console))
+    except (ValueError, TypeError) as exc:
+        raise InputError(_one_line(exc)) from None
+    trained = opts["train_steps"] > 0
+    columns = ["rank", "scheme", "verdict", "spectral radius", "sigma_max", f"horizon / {cmp.seq_len}",
+               "decay log10/step", "top Lyapunov"] + (["final test loss", "after training", "note"] if trained else [])
+    rows = []
+    for i, r in enumerate(cmp.results, 1):
+        d = r.at_init
+        ld = d.layers[0]
+        hz = d.gradient_flow.horizon
+        row = [str(i), r.label, d.verdict, _fmt_num(ld.spectrum.spectral_radius), _fmt_num(ld.spectrum.sigma_max),
+               f"{hz.steps}{'+' if hz.censored else ''}", _fmt_num(d.gradient_flow.fit.rate, "+.4f"),
+               _fmt_num(ld.lyapunov.top if ld.lyapunov else None, "+.4f")]
+        if trained:
+            row += [_fmt_num(r.final_loss, ".4g"), r.after.verdict if r.after else "diverged", r.note or ""]
+        rows.append(row)
+    _print_table(console, f"initialization schemes for {opts['cell']} (ranked: {cmp.ranking_rule})",
+                 columns[:-1] if trained else columns, [r[:-1] for r in rows] if trained else rows)
+    best = cmp.results[0]
+    headline = f"best: {best.label} ({cmp.ranking_rule})"
+    if trained:
+        from .experiments import LEARNED_FRACTION
+
+        learned = [r for r in cmp.results if r.final_loss is not None and r.trained.baseline is not None
+                   and r.final_loss < LEARNED_FRACTION * r.trained.baseline]
+        if not learned:
+            headline = (f"no scheme learned the {opts['task']} task in {opts['train_steps']} steps (every test loss "
+                        f"is above {LEARNED_FRACTION:g} x the baseline); lowest test loss: {best.label} -- train "
+                        "longer before choosing")
+    reasons = [f"{r.scheme}: {r.note}" for r in cmp.results if r.note]
+    console.print(Text(headline, style="bold"))
+    for line in reasons:
+        console.print(Text(f"  - {line}"))
+    cmd = _base_cmd("init", opts, ["--schemes", ",".join(schemes), "--train-steps", str(opts["train_steps"])])
+    config = [("cell", opts["cell"]), ("hidden size", opts["hidden_size"]), ("layers", opts["num_layers"]),
+              ("task", f"{opts['task']}, T = {opts['seq_len']}"), ("seed", opts["seed"]),
+              ("train steps", opts["train_steps"])]
+    _emit("init", f"{opts['cell']} on {opts['task']}", headline, reasons, columns, rows, config, cmd, cmp.to_dict(),
+          init_figures(cmp), formats, out, opts, json_path, console)
+
+
+def _print_table(console, title, columns, rows):
+    from rich.table import Table
+
+    table = Table(title=Text(title), expand=False)
+    for c in columns:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*[Text(str(v)) for v in row])
+    console.print(table)
+
+
+def _fresh_model(opts, init_name: str):
+    from . import init_model
+    from .tasks import input_size as task_input_size
+
+    return init_model(opts["cell"], task_input_size(opts["task"]), opts["hidden_size"], num_layers=opts["num_layers"],
+                      init=init_name, seed=opts["seed"], gain=opts["gain"], forget_bias=opts["forget_bias"])
+
+
+@main.command("clip")
+@_common_options
+@click.option("--init", "init_name", type=click.Choice(INIT_CHOICES, case_sensitive=False), default="pytorch",
+              show_default=True)
+@click.option("--strategies", default="none,global_norm:1,value:5,per_param:1,autoclip:10", show_default=True,
+              help="Comma-separated strategy:threshold list (none, global_norm, per_param, value, "
+                   "autoclip:percentile).")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Training iterations.")
+def clip_cmd(**opts):
+    """Train the same model from the same seed under several clipping strategies and recommend one.
+
+    \b
+    Examples:
+      rnndiag clip --cell rnn_tanh --init orthogonal --gain 2 --optimizer sgd --lr 0.05
+      rnndiag clip --strategies none,global_norm:1,value:5 --steps 500
+    """
+    from .experiments import compare_clipping, parse_strategies
+    from .render.compare import clip_figures
+    from .train import TrainConfig
+
+    console, formats, out, json_path = _prepare(opts, "clip")
+    try:
+        strategies = parse_strategies(opts["strategies"])
+        model = _fresh_model(opts, opts["init_name"])
+        base = TrainConfig(task=opts["task"], seq_len=opts["seq_len"], batch_size=opts["batch_size"],
+                           steps=opts["steps"], optimizer=opts["optimizer"], lr=opts["lr"], seed=opts["seed"])
+        cmp = compare_clipping(model, strategies, base, progress=_progress_printer(console))
+    except (ValueError, TypeError) as exc:
+        raise InputError(_one_line(exc)) from None
+    columns = ["strategy", "diverged", "final test loss", "fraction clipped", "mean cosine", "oscillation",
+               "suggested threshold"]
+    rows = [[r.label, "yes" if r.trained.diverged else "no", _fmt_num(r.trained.test_loss, ".4g"),
+             f"{100 * r.stats.fraction_clipped:.0f}%", _fmt_num(r.stats.mean_cosine, ".3f"),
+             _fmt_num(r.oscillation, ".2f"), _fmt_num(r.stats.suggested_threshold)] for r in cmp.runs]
+    _print_table(console, f"clipping strategies, {opts['cell']} ({model.init}) on {opts['task']}", columns, rows)
+    headline = f"recommended: {cmp.recommended}" if cmp.recommended else "no strategy trained without diverging"
+    console.print(Text(headline, style="bold"))
+    for line in cmp.reasons:
+        console.print(Text(f"  - {line}"))
+    cmd = _base_cmd("clip", opts, ["--init", opts["init_name"], "--strategies", opts["strategies"],
+                                   "--steps", str(opts["steps"])])
+    config = [("model", model.describe()), ("init", model.init), ("task", f"{opts['task']}, T = {opts['seq_len']}"),
+              ("optimizer", f"{opts['optimizer']}, lr {opts['lr']:g}"), ("steps", opts["steps"]),
+              ("seed", opts["seed"])]
+    _emit("clip", f"{opts['cell']} on {opts['task']}", headline, cmp.reasons, columns, rows, config, cmd,
+          cmp.to_dict(), clip_figures(cmp), formats, out, opts, json_path, console)
+
+
+@main.command("train")
+@_common_options
+@click.option("--init", "init_name", type=click.Choice(INIT_CHOICES, case_sensitive=False), default="pytorch",
+              show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Training iterations.")
+@click.option("--clip", "clip_spec", default="global_norm:1", show_default=True,
+              help="Clipping strategy:threshold (none, global_norm, per_param, value, autoclip:percentile).")
+@click.option("--schedule", type=click.Choice(("log", "linear")), default="log", show_default=True,
+              help="Spacing of the diagnostics over training.")
+@click.option("--diag-points", type=click.IntRange(min=2), default=12, show_default=True)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint file (.npz).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
+def train_cmd(**opts):
+    """Train one configuration with diagnostics over time (loss, gradient norms, spectra, Lyapunov, gates).
+
+    \b
+    Examples:
+      rnndiag train --cell gru --task adding --seq-len 100 --steps 2000 --lr 0.003
+      rnndiag train --cell lstm --forget-bias 1 --checkpoint run.npz --resume
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .experiments import parse_strategies
+    from .render.compare import train_figures
+    from .train import TrainConfig, train
+
+    console, formats, out, json_path = _prepare(opts, "train")
+    try:
+        ((clip_name, clip_thr),) = parse_strategies(opts["clip_spec"])
+    except ValueError as exc:
+        raise InputError(_one_line(exc) if "," not in opts["clip_spec"] else
+                         "--clip takes one strategy, e.g. global_norm:1") from None
+    if opts["resume"] and opts["checkpoint"] is None:
+        raise InputError("--resume needs --checkpoint FILE")
+    if opts["checkpoint"] is not None and opts["checkpoint"].exists() and not opts["resume"] and not opts["force"]:
+        raise InputError(f"checkpoint {str(opts['checkpoint'])!r} exists; pass --resume to continue it or --force to "
+                         "start over")
+    try:
+        model = _fresh_model(opts, opts["init_name"])
+        cfg = TrainConfig(task=opts["task"], seq_len=opts["seq_len"], batch_size=opts["batch_size"],
+                          steps=opts["steps"], optimizer=opts["optimizer"], lr=opts["lr"], clip=clip_name,
+                          clip_threshold=clip_thr, seed=opts["seed"], schedule=opts["schedule"],
+                          diag_points=opts["diag_points"],
+                          checkpoint_every=opts["checkpoint_every"] if opts["checkpoint"] else 0)
+        with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("loss {task.fields[loss]}  |g| {task.fields[norm]}"), TimeRemainingColumn(),
+                      console=console, transient=True, disable=opts["quiet"]) as bar:
+            task = bar.add_task("train", total=cfg.steps, loss="-", norm="-")
+
+            def progress(i, loss, norm):
+                bar.update(task, completed=i + 1, loss=f"{loss:.4g}", norm=f"{norm:.3g}")
+
+            result = train(model, cfg, resume=opts["checkpoint"] if opts["resume"] else None,
+                           checkpoint=opts["checkpoint"], progress=progress)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise InputError(_one_line(exc)) from None
+    h = result.history
+    columns = ["iteration", "test loss", "spectral radius", "sigma_max", "top Lyapunov", "grad norm at t=0"]
+    rows = [[str(d["iteration"]), _fmt_num(d["test_loss"], ".4g"), _fmt_num(d["layers"][0]["spectral_radius"]),
+             _fmt_num(d["layers"][0]["sigma_max"]), _fmt_num(d["layers"][0]["top_lyapunov"], "+.4f"),
+             _fmt_num(d["grad_norm_per_step"][0])] for d in h.diag]
+    _print_table(console, f"{model.describe()} on {opts['task']}: diagnostics over training", columns, rows)
+    if h.stopped:
+        headline = f"stopped: {h.stopped}"
+    else:
+        headline = (f"final test loss {_fmt_num(result.test_loss, '.4g')} "
+                    f"(baseline {_fmt_num(result.baseline, '.4g')}) after {h.iterations} iterations; clipping fired in "
+                    f"{100 * (sum(h.clipped) / max(len(h.clipped), 1)):.0f}% of them")
+    console.print(Text(headline, style="bold red" if h.stopped else "bold"))
+    cmd = _base_cmd("train", opts, ["--init", opts["init_name"], "--steps", str(opts["steps"]), "--clip",
+                                    opts["clip_spec"], "--schedule", opts["schedule"], "--diag-points",
+                                    str(opts["diag_points"])])
+    config = [("model", model.describe()), ("init", model.init), ("task", f"{opts['task']}, T = {opts['seq_len']}"),
+              ("optimizer", f"{opts['optimizer']}, lr {opts['lr']:g}"), ("clipping", opts["clip_spec"]),
+              ("steps", opts["steps"]), ("seed", opts["seed"])]
+    _emit("train", f"{model.describe()} on {opts['task']}", headline, [], columns, rows, config, cmd,
+          {"cell": model.cell, **result.to_dict()}, train_figures(result), formats, out, opts, json_path, console)
+    if h.stopped:
+        sys.exit(1)

@@ -95,15 +95,27 @@ def readout(hidden_size: int, out_size: int, seed=None) -> tuple[np.ndarray, np.
 
 def task_loss_grad(batch: TaskBatch, h: np.ndarray, w: np.ndarray, b: np.ndarray):
     """Loss (mean over the batch) of the readout ``y = W h + b`` and its gradient on ``h`` (T, B, H)."""
+    loss, grad_h, _, _ = task_loss_grads(batch, h, w, b)
+    return loss, grad_h
+
+
+def task_loss_grads(batch: TaskBatch, h: np.ndarray, w: np.ndarray, b: np.ndarray):
+    """``(loss, dL/dh (T, B, H), dL/dW (O, H), dL/db (O,))`` of the readout ``y = W h + b``.
+
+    adding: MSE of ``y_{T-1}``; copy: cross-entropy of the last 10 steps, averaged over all ``T`` steps and the
+    batch (so the memoryless baseline is ``10 ln 8 / T``); sine: MSE over every step.
+    """
     T, B, H = h.shape
-    grad_h = np.zeros_like(h, dtype=np.float64)
+    grad_h = np.zeros(h.shape, dtype=np.float64)
     if batch.name == "adding":
         y = h[-1] @ w.T + b  # (B, 1)
         err = y[:, 0] - batch.targets
-        grad_h[-1] = (2.0 / B) * err[:, None] * w[0][None, :]
-        return float((err**2).mean()), grad_h
+        dy = (2.0 / B) * err[:, None]  # (B, 1)
+        grad_h[-1] = dy @ w
+        return float((err**2).mean()), grad_h, dy.T @ h[-1], dy.sum(axis=0)
     if batch.name == "copy":
-        logits = h[-COPY_LENGTH:] @ w.T + b  # (10, B, 8)
+        hs = h[-COPY_LENGTH:]  # (10, B, H)
+        logits = hs @ w.T + b  # (10, B, 8)
         logits = logits - logits.max(axis=2, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=2, keepdims=True)
@@ -111,13 +123,16 @@ def task_loss_grad(batch: TaskBatch, h: np.ndarray, w: np.ndarray, b: np.ndarray
         nll = -np.log(np.take_along_axis(p, tgt[:, :, None], axis=2)[:, :, 0])
         d = p.copy()
         np.put_along_axis(d, tgt[:, :, None], np.take_along_axis(d, tgt[:, :, None], axis=2) - 1.0, axis=2)
-        grad_h[-COPY_LENGTH:] = (d / (B * T)) @ w  # mean over all T steps and the batch
-        return float(nll.sum() / (B * T)), grad_h
+        d /= B * T  # mean over all T steps and the batch
+        grad_h[-COPY_LENGTH:] = d @ w
+        return (float(nll.sum() / (B * T)), grad_h, d.reshape(-1, d.shape[2]).T @ hs.reshape(-1, H),
+                d.sum(axis=(0, 1)))
     if batch.name == "sine":
         y = h @ w.T + b  # (T, B, 1)
         err = y[:, :, 0] - batch.targets
-        grad_h[:] = (2.0 / (T * B)) * err[:, :, None] * w[0][None, None, :]
-        return float((err**2).mean()), grad_h
+        dy = (2.0 / (T * B)) * err[:, :, None]  # (T, B, 1)
+        grad_h[:] = dy @ w
+        return float((err**2).mean()), grad_h, dy.reshape(-1, 1).T @ h.reshape(-1, H), dy.sum(axis=(0, 1))
     raise ValueError(f"task {batch.name!r} has no loss of its own; use the probe loss")
 
 

@@ -64,3 +64,15 @@ def render_html(diag, metrics: dict, figures_png: dict[str, bytes], config: dict
         number_rows=flatten_numbers(metrics),
         metrics_json=json.dumps(metrics, indent=1, allow_nan=False),
     )
+
+
+def render_comparison(kind: str, title: str, headline: str, reasons, columns, rows, config, command: str,
+                      metrics: dict, figures_png: dict[str, bytes]) -> str:
+    """The report of `rnndiag init`, `clip` or `train` as one HTML string (every string escaped)."""
+    figures = [{"name": name, "title": name.replace("_", " "),
+                "data": base64.b64encode(png).decode("ascii")} for name, png in figures_png.items()]
+    return _env().get_template("comparison.html").render(
+        kind=kind, title=title, headline=headline, reasons=list(reasons), columns=list(columns),
+        rows=[list(r) for r in rows], config=list(config), command=command, figures=figures, version=__version__,
+        generated=_dt.datetime.now().isoformat(timespec="seconds"),
+        metrics_json=json.dumps(metrics, indent=1, allow_nan=False))

@@ -1,0 +1,159 @@
+"""Figures and tables for `rnndiag init`, `rnndiag clip` and `rnndiag train` (read results, never recompute)."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.colors import Normalize
+
+from .figures import COLORS, _new, thin
+
+
+def _color(i: int) -> str:
+    return COLORS[i % len(COLORS)]
+
+
+def _loss_axes(ax, baseline):
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls=":", lw=1, label=f"baseline {baseline:.3g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=7)
+
+
+def init_figures(cmp) -> dict:
+    figs = {}
+    fig, ax = _new()
+    for i, r in enumerate(cmp.results):
+        fl = r.at_init.gradient_flow
+        y = fl.median_last_step - fl.median_last_step[-1]
+        t, yy = thin(np.arange(y.size), y)
+        ax.plot(t, yy, color=_color(i), lw=1.3, label=r.scheme)
+    ax.axhline(np.log10(cmp.results[0].at_init.gradient_flow.horizon.factor), color="grey", ls=":", lw=1)
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("log10 ||dL/dh_t|| relative to the last step")
+    ax.set_title("Gradient flow at initialization")
+    ax.legend(loc="best", fontsize=7)
+    ax.grid(alpha=0.3)
+    figs["grad_flow_at_init"] = fig
+    fig, ax = _new()
+    names = [r.scheme for r in cmp.results]
+    ax.bar(names, [r.at_init.gradient_flow.horizon.steps for r in cmp.results],
+           color=[_color(i) for i in range(len(names))])
+    ax.axhline(cmp.seq_len, color="grey", ls=":", lw=1, label=f"sequence length {cmp.seq_len}")
+    ax.set_ylabel("gradient horizon (steps)")
+    ax.set_title("Gradient horizon at initialization")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax.legend(fontsize=7)
+    figs["horizon_at_init"] = fig
+    if any(r.trained is not None for r in cmp.results):
+        fig, ax = _new()
+        for i, r in enumerate(cmp.results):
+            if r.trained is not None and r.trained.history.loss:
+                loss = np.asarray(r.trained.history.loss)
+                t, yy = thin(np.arange(loss.size), loss)
+                ax.plot(t, yy, color=_color(i), lw=1, label=r.scheme)
+        _loss_axes(ax, cmp.results[0].trained.baseline if cmp.results[0].trained else None)
+        ax.set_title("Training loss per initialization")
+        figs["training_loss"] = fig
+    return figs
+
+
+def clip_figures(cmp) -> dict:
+    figs = {}
+    fig, ax = _new()
+    for i, r in enumerate(cmp.runs):
+        loss = np.asarray(r.trained.history.loss)
+        if loss.size:
+            t, yy = thin(np.arange(loss.size), loss)
+            ax.plot(t, yy, color=_color(i), lw=1, label=r.label + (" (diverged)" if r.trained.diverged else ""))
+    _loss_axes(ax, cmp.runs[0].trained.baseline)
+    ax.set_title("Training loss per clipping strategy")
+    figs["loss_per_strategy"] = fig
+    fig, ax = _new()
+    for i, r in enumerate(cmp.runs):
+        norms = np.asarray(r.stats.norms)
+        norms = norms[np.isfinite(norms) & (norms > 0)]
+        if norms.size:
+            ax.hist(np.log10(norms), bins=40, histtype="step", color=_color(i), label=r.label)
+            if r.strategy in ("global_norm",) and r.threshold:
+                ax.axvline(np.log10(r.threshold), color=_color(i), ls="--", lw=1)
+    ax.set_xlabel("log10 pre-clip global gradient norm (dashed: threshold)")
+    ax.set_ylabel("iterations")
+    ax.set_title("Gradient norm distribution")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    figs["grad_norm_distribution"] = fig
+    fig, ax = _new()
+    labels = [r.label for r in cmp.runs]
+    ax.bar(labels, [r.stats.fraction_clipped for r in cmp.runs], color=[_color(i) for i in range(len(labels))])
+    ax.set_ylabel("fraction of iterations clipped")
+    ax.set_ylim(0, 1)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax2 = ax.twinx()
+    ax2.plot(labels, [r.stats.mean_cosine for r in cmp.runs], "ko-", ms=4, label="mean cosine clipped vs unclipped")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_ylabel("cosine")
+    ax2.legend(fontsize=7, loc="lower right")
+    ax.set_title("How often each strategy clipped, and how much it turned the gradient")
+    figs["fraction_clipped_and_cosine"] = fig
+    return figs
+
+
+def train_figures(result) -> dict:
+    figs = {}
+    h = result.history
+    fig, ax = _new()
+    if h.loss:
+        loss = np.asarray(h.loss)
+        t, yy = thin(np.arange(loss.size), loss)
+        ax.plot(t, yy, lw=1, color=_color(0), label="training loss")
+        tests = [(d["iteration"], d["test_loss"]) for d in h.diag if d.get("test_loss") is not None]
+        if tests:
+            ax.plot(*zip(*tests), "o-", ms=3, color=_color(1), label="test loss")
+    _loss_axes(ax, result.baseline)
+    ax.set_title("Loss")
+    figs["loss"] = fig
+    fig, ax = _new()
+    if h.grad_norm:
+        g = np.asarray(h.grad_norm)
+        t, g1, g2 = thin(np.arange(g.size), g, np.asarray(h.grad_norm_clipped))
+        ax.plot(t, g1, lw=0.8, color=_color(1), label="before clipping")
+        ax.plot(t, g2, lw=0.8, color=_color(0), label="after clipping")
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("global gradient norm")
+    ax.set_title("Gradient norm")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    figs["grad_norm_over_training"] = fig
+    if h.diag:
+        its = [d["iteration"] for d in h.diag]
+        rows = np.array([d["grad_norm_per_step"] for d in h.diag], dtype=float)
+        with np.errstate(divide="ignore"):
+            heat = np.log10(np.where(rows > 0, rows, np.nan))
+        fig, ax = _new(7.0, 4.0)
+        finite = heat[np.isfinite(heat)]
+        norm = Normalize(*(np.percentile(finite, [1, 99]) if finite.size else (0, 1)))
+        im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", norm=norm, interpolation="nearest")
+        ax.set_yticks(range(len(its)))
+        ax.set_yticklabels([str(i) for i in its], fontsize=7)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("training iteration")
+        ax.set_title("log10 ||dL/dh_t|| over training")
+        fig.colorbar(im, ax=ax, label="log10 ||dL/dh_t||")
+        figs["grad_norm_heatmap"] = fig
+        fig, ax = _new()
+        for k in range(len(h.diag[0]["layers"])):
+            ax.plot(its, [d["layers"][k]["spectral_radius"] for d in h.diag], "o-", ms=3, color=_color(k),
+                    label=f"layer {k} spectral radius")
+            ax.plot(its, [d["layers"][k]["sigma_max"] for d in h.diag], "s--", ms=3, color=_color(k),
+                    label=f"layer {k} sigma_max")
+        ax.axhline(1.0, color="grey", ls=":", lw=1)
+        ax.set_xlabel("iteration")
+        ax.set_title("Recurrent weights over training")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        figs["spectral_radius_over_training"] = fig
+    return figs

@@ -1,0 +1,326 @@
+"""A numpy training loop over the engine, recording what the diagnostics need at every iteration.
+
+Per iteration: a fresh seeded batch of the task (batch ``i`` depends only on the seed and ``i``, so a resumed run
+sees the same data), BPTT through the model and the task's readout, clipping, an SGD-with-momentum or Adam step
+(PyTorch's update rules). Recorded every iteration: loss, global gradient norm before and after clipping, per-
+parameter gradient norms, whether clipping fired and the cosine between clipped and unclipped gradient. At
+scheduled iterations (linear or log spacing): the median ||dL/dh_t|| per step, spectral radius and sigma_max of
+each W_hh, the top Lyapunov exponent, gate saturation, and the test loss on a held-out batch.
+
+A non-finite loss or gradient stops the run cleanly, naming the iteration and the parameter; the history is kept.
+Checkpoints (``.npz``, no pickle) are written atomically; :func:`train` with ``resume=`` continues a run with
+nothing recorded lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import check_positive_int
+from .analysis.lyapunov import lyapunov_spectrum
+from .clip import Clipper, cosine, global_norm
+from .engine import bptt
+from .model import RNNModel
+from .tasks import make_task, out_size, readout, task_loss_grads
+
+OPTIMIZERS = ("adam", "sgd")
+READOUT = ("readout.weight", "readout.bias")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how. Defaults follow common practice for the adding problem."""
+
+    task: str = "adding"  # adding | copy | sine
+    seq_len: int = 100  # T (copy: the number of blanks)
+    batch_size: int = 64
+    steps: int = 1000  # iterations
+    optimizer: str = "adam"  # adam | sgd (with momentum)
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    clip: str = "global_norm"  # see rnndiag.clip.STRATEGIES
+    clip_threshold: float | None = 1.0
+    seed: int = 0
+    schedule: str = "log"  # when to run the diagnostics: log | linear
+    diag_points: int = 12  # how many scheduled diagnostics
+    eval_batch: int = 256  # held-out batch size for the test loss
+    checkpoint_every: int = 0  # iterations between checkpoints (0: never)
+
+    def __post_init__(self):
+        if self.task not in ("adding", "copy", "sine"):
+            raise ValueError(f"task must be adding, copy or sine for training; got {self.task!r}")
+        for name in ("seq_len", "batch_size", "steps", "diag_points", "eval_batch"):
+            check_positive_int(getattr(self, name), name)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number; got {self.lr!r}")
+        if self.schedule not in ("log", "linear"):
+            raise ValueError(f"schedule must be log or linear; got {self.schedule!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0; got {self.checkpoint_every}")
+        Clipper(self.clip, self.clip_threshold)  # validates
+
+    def schedule_iterations(self) -> list[int]:
+        """The iterations (0-based, before the update) at which diagnostics run; always includes 0 and the last."""
+        n, last = self.diag_points, self.steps - 1
+        if self.schedule == "linear":
+            its = np.linspace(0, last, n)
+        else:
+            its = np.concatenate([[0], np.geomspace(1, max(last, 1), max(n - 1, 1))])
+        return sorted({round(float(i)) for i in its} | {0, last})
+
+
+@dataclass
+class History:
+    """Everything recorded. Per-iteration lists grow together; ``diag`` holds one dict per scheduled iteration."""
+
+    loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)  # pre-clip global norm
+    grad_norm_clipped: list[float] = field(default_factory=list)
+    clipped: list[bool] = field(default_factory=list)
+    cosine: list[float] = field(default_factory=list)  # clipped vs unclipped
+    param_norms: dict[str, list[float]] = field(default_factory=dict)  # per-parameter gradient norms
+    diag: list[dict] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped early
+
+    @property
+    def iterations(self) -> int:
+        return len(self.loss)
+
+    def to_dict(self) -> dict:
+        from .analysis._common import jsonable
+
+        return jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> History:
+        return cls(**{k: d[k] for k in (f.name for f in dataclasses.fields(cls))})
+
+
+@dataclass
+class TrainResult:
+    model: RNNModel
+    readout_w: np.ndarray
+    readout_b: np.ndarray
+    config: TrainConfig
+    history: History
+    baseline: float | None
+    test_loss: float | None
+
+    @property
+    def diverged(self) -> bool:
+        return self.history.stopped is not None
+
+    def to_dict(self) -> dict:
+        return {"config": dataclasses.asdict(self.config), "baseline": self.baseline, "test_loss": self.test_loss,
+                "diverged": self.diverged, "history": self.history.to_dict()}
+
+
+def _batch(cfg: TrainConfig, model: RNNModel, i: int, eval_: bool = False):
+    seed = [cfg.seed, 1 if eval_ else 0, i]
+    return make_task(cfg.task, cfg.seq_len, cfg.eval_batch if eval_ else cfg.batch_size,
+                     np.random.default_rng(seed), dtype=model.dtype)
+
+
+def loss_and_grads(model: RNNModel, w, b, task_batch):
+    """(loss, gradients of every parameter and the readout, the trace)."""
+    with np.errstate(all="ignore"):
+        from .engine import forward
+
+        h = forward(model, task_batch.x).h
+        loss, grad_h, gw, gb = task_loss_grads(task_batch, h.astype(np.float64), w, b)
+        if not np.isfinite(grad_h).all():
+            return loss, None, None
+        trace = bptt(model, task_batch.x, grad_h.astype(model.dtype))
+    grads = dict(trace.param_grads)
+    grads[READOUT[0]], grads[READOUT[1]] = gw, gb
+    return loss, grads, trace
+
+
+class _Optimizer:
+    """SGD with momentum and Adam with PyTorch's update rules, state in plain arrays (checkpointable)."""
+
+    def __init__(self, cfg: TrainConfig, params: dict[str, np.ndarray]):
+        self.cfg = cfg
+        self.step_count = 0
+        self.m = {k: np.zeros_like(v, dtype=np.float64) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v, dtype=np.float64) for k, v in params.items()}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cfg = self.cfg
+        self.step_count += 1
+        out = {}
+        if cfg.optimizer == "sgd":
+            for k, p in params.items():
+                buf = self.m[k]
+                buf *= cfg.momentum if self.step_count > 1 else 0.0
+                buf += grads[k]
+                out[k] = (p - cfg.lr * buf).astype(p.dtype)
+            return out
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        c1, c2 = 1 - b1**self.step_count, 1 - b2**self.step_count
+        for k, p in params.items():
+            g = grads[k]
+            self.m[k] = b1 * self.m[k] + (1 - b1) * g
+            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
+            out[k] = (p - cfg.lr * (self.m[k] / c1) / (np.sqrt(self.v[k] / c2) + eps)).astype(p.dtype)
+        return out
+
+
+def _diagnostics(model, trace, test_loss) -> dict:
+    """The scheduled measurements, from the training step's own trace (no extra BPTT)."""
+    from .analysis.gates import gate_stats
+    from .analysis.spectral import weight_spectra
+
+    d = {"grad_norm_per_step": np.median(np.linalg.norm(trace.grad_h.astype(np.float64), axis=2), axis=1).tolist(),
+         "test_loss": test_loss, "layers": []}
+    for lt, sp in zip(trace.layers, weight_spectra(model)):
+        with np.errstate(all="ignore"):
+            ly = lyapunov_spectrum(lt, [0], k=1, warmup=min(lt.h.shape[0] // 10, 50))
+        gs = gate_stats(lt)
+        d["layers"].append({
+            "spectral_radius": sp.spectral_radius, "sigma_max": sp.sigma_max, "top_lyapunov": ly.top,
+            "gate_saturation": {k: s.left_saturated + s.right_saturated for k, s in gs.gates.items()},
+            "memory_timescale": gs.memory_timescale, "hidden_saturated": gs.hidden_saturated,
+        })
+    return d
+
+
+def train(
+    model: RNNModel,
+    config: TrainConfig,
+    *,
+    resume: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``config.task`` and record the history (see the module docstring).
+
+    ``checkpoint``: where to save every ``config.checkpoint_every`` iterations (and at the end); ``resume``: a
+    checkpoint to continue from (its model, readout, optimizer state and history replace the arguments').
+    ``progress(i, loss, grad_norm)`` is called every iteration. ``stop_after`` ends the run after that many
+    iterations in this call (for tests of resuming).
+    """
+    cfg = config
+    w, b = readout(model.hidden_size, out_size(cfg.task), seed=np.random.default_rng([cfg.seed, 7]))
+    params = {**model.params, READOUT[0]: w.astype(model.dtype), READOUT[1]: b.astype(model.dtype)}
+    opt = _Optimizer(cfg, params)
+    clipper = Clipper(cfg.clip, cfg.clip_threshold)
+    history = History(param_norms={k: [] for k in params})
+    if resume is not None:
+        params, opt, clipper, history = _load_checkpoint(Path(resume), cfg, model, params, opt, clipper)
+    schedule = set(cfg.schedule_iterations())
+    eval_batch = _batch(cfg, model, 0, eval_=True)
+    start = history.iterations
+    done_here = 0
+    for i in range(start, cfg.steps):
+        model = model.with_params({k: v for k, v in params.items() if k not in READOUT})
+        tb = _batch(cfg, model, i)
+        loss, grads, trace = loss_and_grads(model, params[READOUT[0]], params[READOUT[1]], tb)
+        bad = _nonfinite(loss, grads)
+        if bad:
+            history.stopped = f"iteration {i}: {bad}; training stopped (history kept)"
+            break
+        clipped, total, fired = clipper(grads)
+        history.loss.append(float(loss))
+        history.grad_norm.append(total)
+        history.grad_norm_clipped.append(global_norm(clipped))
+        history.clipped.append(bool(fired))
+        history.cosine.append(cosine(clipped, grads) if fired else 1.0)
+        for k, g in grads.items():
+            history.param_norms[k].append(float(np.linalg.norm(g)))
+        if i in schedule:
+            test = _test_loss(model, params, eval_batch)
+            history.diag.append({"iteration": i, **_diagnostics(model, trace, test)})
+        try:
+            params = opt.step(params, clipped)
+        except FloatingPointError:
+            pass
+        new_bad = [k for k, v in params.items() if not np.isfinite(v).all()]
+        if new_bad:
+            history.stopped = f"iteration {i}: parameter {new_bad[0]} became non-finite after the update"
+            break
+        if progress is not None:
+            progress(i, float(loss), total)
+        done_here += 1
+        if checkpoint is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
+        if stop_after is not None and done_here >= stop_after:
+            break
+    final = model.with_params({k: v for k, v in params.items() if k not in READOUT}) \
+        if all(np.isfinite(v).all() for v in params.values()) else model
+    if checkpoint is not None:
+        save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
+    test = _test_loss(final, params, eval_batch) if history.stopped is None else None
+    return TrainResult(final, params[READOUT[0]], params[READOUT[1]], cfg, history, eval_batch.baseline, test)
+
+
+def _nonfinite(loss, grads) -> str | None:
+    if grads is None or not math.isfinite(loss):
+        return f"the loss is {loss} (non-finite)" if not math.isfinite(loss) else "the gradient on h is non-finite"
+    for k, g in grads.items():
+        if not np.isfinite(g).all():
+            return f"the gradient of {k} is non-finite"
+    return None
+
+
+def _test_loss(model, params, eval_batch) -> float | None:
+    from .engine import forward
+
+    with np.errstate(all="ignore"):
+        h = forward(model, eval_batch.x).h
+        loss = task_loss_grads(eval_batch, h.astype(np.float64), params[READOUT[0]], params[READOUT[1]])[0]
+    return float(loss) if math.isfinite(loss) else None
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, cfg, params, opt, clipper, history) -> None:
+    """Everything needed to continue, in one ``.npz`` (arrays + a JSON string), written atomically."""
+    meta = {"config": dataclasses.asdict(cfg), "history": history.to_dict(), "step_count": opt.step_count,
+            "clipper": clipper.state()}
+    arrays = {f"param/{k}": v for k, v in params.items()}
+    arrays |= {f"m/{k}": v for k, v in opt.m.items()} | {f"v/{k}": v for k, v in opt.v.items()}
+    arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_checkpoint(path: Path, cfg, model, params, opt, clipper):
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check --resume")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            new_params = {k[6:]: data[k] for k in data.files if k.startswith("param/")}
+            m = {k[2:]: data[k] for k in data.files if k.startswith("m/")}
+            v = {k[2:]: data[k] for k in data.files if k.startswith("v/")}
+    except Exception as exc:  # a broken checkpoint: one clear line
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}); start a new run") from None
+    if set(new_params) != set(params) or any(new_params[k].shape != params[k].shape for k in params):
+        raise ValueError(f"checkpoint {str(path)!r} belongs to another model (different parameters or shapes)")
+    saved = {k: meta["config"][k] for k in ("task", "seq_len", "batch_size", "optimizer", "seed", "clip")}
+    now = {k: getattr(cfg, k) for k in saved}
+    if saved != now:
+        diff = ", ".join(f"{k}: {saved[k]!r} vs {now[k]!r}" for k in saved if saved[k] != now[k])
+        raise ValueError(f"checkpoint {str(path)!r} was made with other settings ({diff}); resume with the same")
+    opt.m, opt.v, opt.step_count = m, v, int(meta["step_count"])
+    clipper.history = list(meta["clipper"]["history"])
+    return {k: new_params[k].astype(params[k].dtype) for k in params}, opt, clipper, History.from_dict(meta["history"])
