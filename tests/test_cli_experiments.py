@@ -1,0 +1,158 @@
+"""`rnndiag init`, `rnndiag clip` and `rnndiag train`: reports, JSON, and the shared one-line error handling."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from _cli_helpers import (
+    assert_clean_exit,
+    assert_one_line_error,
+    invoke,
+    png_info,
+    run_cli,
+    snapshot,
+    strict_json,
+)
+
+TINY = ["--hidden-size", "6", "--seq-len", "12", "--batch-size", "4"]
+
+
+def _report_pngs_ok(html: str) -> int:
+    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    for data in imgs:
+        w, h = png_info(base64.b64decode(data))
+        assert w > 0 and h > 0
+    return len(imgs)
+
+
+def test_init_compares_schemes_and_ranks_them(tmp_path):
+    out = tmp_path / "r"
+    res = invoke(["init", *TINY, "--schemes", "tutorial,orthogonal,identity", "--out", out])
+    assert_clean_exit(res, "init")
+    m = strict_json((out / "metrics.json").read_text())
+    assert m["command"].startswith("rnndiag init")
+    assert sorted(m["ranking"]) == ["identity", "orthogonal", "tutorial"]
+    by_scheme = {r["scheme"]: r for r in m["results"]}
+    assert by_scheme["tutorial"]["at_init"]["verdict"] == "vanishing"
+    assert by_scheme["tutorial"]["at_init"]["horizon_steps"] < 12
+    # healthy/longer-horizon schemes rank before the tutorial's vanishing one
+    assert m["ranking"].index("tutorial") == 2
+    html = (out / "report.html").read_text()
+    assert _report_pngs_ok(html) >= 2
+    assert (out / "horizon_at_init.png").exists()
+
+
+def test_init_with_training_reports_losses_and_notes(tmp_path):
+    out = tmp_path / "r"
+    res = invoke(["init", *TINY, "--cell", "gru", "--schemes", "pytorch,orthogonal", "--train-steps", "5",
+                  "--out", out, "--format", "json"])
+    assert_clean_exit(res, "init --train-steps")
+    m = strict_json((out / "metrics.json").read_text())
+    for r in m["results"]:
+        assert r["training"]["steps"] == 5
+        assert len(r["training"]["loss"]) == 5
+        assert r["after_training"]["verdict"] in ("vanishing", "exploding", "healthy")
+    assert "no scheme learned" in res.stdout  # 5 steps cannot learn the adding problem: the headline says so
+
+
+def test_clip_compares_strategies_and_recommends(tmp_path):
+    out = tmp_path / "r"
+    res = invoke(["clip", *TINY, "--strategies", "none,global_norm:1,value:0.1", "--steps", "8", "--out", out])
+    assert_clean_exit(res, "clip")
+    m = strict_json((out / "metrics.json").read_text())
+    labels = [r["label"] for r in m["runs"]]
+    assert labels == ["none", "global_norm:1", "value:0.1"]
+    assert m["recommended"] in labels
+    assert m["reasons"]
+    value = m["runs"][2]
+    assert value["fraction_clipped"] > 0 and value["mean_cosine_clipped_vs_unclipped"] < 1.0
+    assert m["runs"][0]["fraction_clipped"] == 0
+    assert _report_pngs_ok((out / "report.html").read_text()) == 3
+
+
+def test_train_writes_history_heatmap_and_resumes(tmp_path):
+    out1, out2, ck = tmp_path / "a", tmp_path / "b", tmp_path / "run.npz"
+    res = invoke(["train", *TINY, "--cell", "lstm", "--forget-bias", "1", "--steps", "10", "--checkpoint", ck,
+                  "--checkpoint-every", "5", "--out", out1])
+    assert_clean_exit(res, "train")
+    m = strict_json((out1 / "metrics.json").read_text())
+    assert len(m["history"]["loss"]) == 10
+    assert m["history"]["diag"][0]["iteration"] == 0
+    for name in ("loss", "grad_norm_over_training", "grad_norm_heatmap", "spectral_radius_over_training"):
+        assert (out1 / f"{name}.png").exists(), name
+    # an existing checkpoint is not started over silently
+    again = invoke(["train", *TINY, "--cell", "lstm", "--forget-bias", "1", "--steps", "10", "--checkpoint", ck,
+                    "--out", tmp_path / "c"])
+    assert_one_line_error(again)
+    assert not (tmp_path / "c").exists()
+    # resuming a finished run adds nothing
+    res2 = invoke(["train", *TINY, "--cell", "lstm", "--forget-bias", "1", "--steps", "10", "--checkpoint", ck,
+                   "--resume", "--out", out2, "--format", "json"])
+    assert_clean_exit(res2, "resume")
+    assert json.loads((out2 / "metrics.json").read_text())["history"]["loss"] == m["history"]["loss"]
+
+
+@pytest.mark.parametrize("args", [
+    ["init", "--schemes", "bogus"],
+    ["init", "--schemes", ","],
+    ["init", "--hidden-size", "0"],
+    ["init", "--seq-len", "1"],
+    ["init", "--cell", "transformer"],
+    ["init", "--train-steps", "-3"],
+    ["clip", "--strategies", "global_norm"],
+    ["clip", "--strategies", "sideways:1"],
+    ["clip", "--strategies", "value:-5"],
+    ["clip", "--strategies", "autoclip:200"],
+    ["clip", "--steps", "0"],
+    ["clip", "--lr", "0"],
+    ["train", "--clip", "none,value:1"],
+    ["train", "--resume"],
+    ["train", "--optimizer", "rmsprop"],
+    ["train", "--forget-bias", "1"],
+    ["init", "--format", "html,pdf"],
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args):
+    out = tmp_path / "out"
+    before = snapshot(tmp_path)
+    res = invoke([args[0], *TINY, *args[1:], "--out", out])  # the bad option last, so it wins
+    assert_one_line_error(res)
+    assert snapshot(tmp_path) == before
+
+
+def test_output_folder_rules_are_shared(tmp_path):
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    for cmd in (["init", "--schemes", "tutorial"], ["clip", "--strategies", "none", "--steps", "2"],
+                ["train", "--steps", "2"]):
+        res = invoke([*cmd, *TINY, "--out", out])
+        assert_one_line_error(res)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    res = invoke(["init", "--schemes", "tutorial", *TINY, "--out", tmp_path / "f" / "x", "--json", "-",
+                  "--format", "none", "-q"])
+    assert_clean_exit(res)
+    assert strict_json(res.stdout)["command"].startswith("rnndiag init")
+    assert not (tmp_path / "f").exists()
+
+
+def test_commands_have_help_with_examples(tmp_path):
+    for cmd in ("init", "clip", "train"):
+        res = invoke([cmd, "--help"])
+        assert_clean_exit(res)
+        assert "Examples" in res.stdout
+
+
+def test_train_divergence_exits_nonzero_with_the_reason(tmp_path):
+    # a relu RNN with identity init at gain 3 and a large learning rate overflows
+    out = tmp_path / "r"
+    res = run_cli(["train", "--cell", "rnn_relu", "--init", "identity", "--gain", "3", "--hidden-size", "8",
+                   "--seq-len", "60", "--batch-size", "4", "--steps", "20", "--optimizer", "sgd", "--lr", "10",
+                   "--clip", "none", "--out", out, "--format", "json"], cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["history"]["stopped"] and "iteration" in m["history"]["stopped"]
+    assert "stopped: iteration" in res.stdout
