@@ -25,9 +25,14 @@ STRATEGIES = ("global_norm", "per_param", "value", "autoclip", "none")
 
 
 def global_norm(grads: dict[str, np.ndarray]) -> float:
-    """``sqrt(sum_k ||g_k||^2)`` over every array, in float64."""
-    return math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64)))
-                         for g in grads.values()))
+    """``sqrt(sum_k ||g_k||^2)`` over every array, in float64; finite whenever every entry is (rescaled sums)."""
+    flat = [g.ravel().astype(np.float64) for g in grads.values()]
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = math.sqrt(sum(float(np.dot(v, v)) for v in flat))
+    if math.isinf(total) and all(np.isfinite(v).all() for v in flat):
+        m = max(float(np.abs(v).max()) for v in flat if v.size)  # entries ~1e154 and above: scale first
+        total = m * math.sqrt(sum(float(np.dot(v / m, v / m)) for v in flat))
+    return total
 
 
 @dataclass
@@ -52,7 +57,8 @@ class Clipper:
             raise ValueError(f"autoclip's threshold is a percentile in (0, 100]; got {t}")
 
     def __call__(self, grads: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, bool]:
-        """(clipped gradients (new arrays), pre-clip global norm, whether clipping changed anything)."""
+        """(clipped gradients, pre-clip global norm, whether clipping changed anything). The dict is new; its arrays
+        are new unless nothing was clipped (strategy ``none``, or a non-finite norm)."""
         total = global_norm(grads)
         s = self.strategy
         if s == "none" or not math.isfinite(total):
@@ -63,13 +69,13 @@ class Clipper:
                 max_norm = float(np.percentile(self.history, self.threshold))
             else:
                 max_norm = float(self.threshold)
-            coef = min(1.0, max_norm / (total + 1e-6))
+            coef = min(1.0, (1.0 / (total + 1e-6)) * max_norm)  # torch: reciprocal(total + 1e-6) * max_norm
             return {k: g * coef for k, g in grads.items()}, total, coef < 1.0
         if s == "per_param":
             c = float(self.threshold)
             out, fired = {}, False
             for k, g in grads.items():
-                n = float(np.linalg.norm(g))
+                n = global_norm({k: g})
                 fired |= n > c
                 out[k] = g * (c / max(n, c))
             return out, total, fired

@@ -62,8 +62,12 @@ class TrainConfig:
             check_positive_int(getattr(self, name), name)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number; got {self.lr!r}")
+        for name in ("lr", "momentum"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or \
+                    (name == "lr" and v == 0):
+                raise ValueError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} finite number; "
+                                 f"got {v!r}")
         if self.schedule not in ("log", "linear"):
             raise ValueError(f"schedule must be log or linear; got {self.schedule!r}")
         if self.checkpoint_every < 0:
@@ -73,10 +77,14 @@ class TrainConfig:
     def schedule_iterations(self) -> list[int]:
         """The iterations (0-based, before the update) at which diagnostics run; always includes 0 and the last."""
         n, last = self.diag_points, self.steps - 1
+        if last == 0:
+            return [0]
         if self.schedule == "linear":
             its = np.linspace(0, last, n)
+        elif n < 3:
+            its = np.array([0, last])
         else:
-            its = np.concatenate([[0], np.geomspace(1, max(last, 1), max(n - 1, 1))])
+            its = np.concatenate([[0], np.geomspace(1, last, n - 1)])
         return sorted({round(float(i)) for i in its} | {0, last})
 
 
@@ -182,7 +190,9 @@ def _diagnostics(model, trace, test_loss) -> dict:
     from .analysis.gates import gate_stats
     from .analysis.spectral import weight_spectra
 
-    d = {"grad_norm_per_step": np.median(np.linalg.norm(trace.grad_h.astype(np.float64), axis=2), axis=1).tolist(),
+    with np.errstate(over="ignore", invalid="ignore"):
+        per_step = np.median(np.linalg.norm(trace.grad_h.astype(np.float64), axis=2), axis=1)
+    d = {"grad_norm_per_step": per_step.tolist(),
          "test_loss": test_loss, "layers": []}
     for lt, sp in zip(trace.layers, weight_spectra(model)):
         with np.errstate(all="ignore"):
@@ -239,14 +249,12 @@ def train(
         history.clipped.append(bool(fired))
         history.cosine.append(cosine(clipped, grads) if fired else 1.0)
         for k, g in grads.items():
-            history.param_norms[k].append(float(np.linalg.norm(g)))
+            history.param_norms[k].append(global_norm({k: g}))
         if i in schedule:
             test = _test_loss(model, params, eval_batch)
             history.diag.append({"iteration": i, **_diagnostics(model, trace, test)})
-        try:
+        with np.errstate(all="ignore"):  # an overflowing update is caught just below, naming the parameter
             params = opt.step(params, clipped)
-        except FloatingPointError:
-            pass
         new_bad = [k for k, v in params.items() if not np.isfinite(v).all()]
         if new_bad:
             history.stopped = f"iteration {i}: parameter {new_bad[0]} became non-finite after the update"
@@ -268,7 +276,8 @@ def train(
 
 def _nonfinite(loss, grads) -> str | None:
     if grads is None or not math.isfinite(loss):
-        return f"the loss is {loss} (non-finite)" if not math.isfinite(loss) else "the gradient on h is non-finite"
+        return f"the loss is {loss} (non-finite)" if not math.isfinite(loss) else \
+            "the loss's gradient on the hidden states (dL/dh) overflowed; no parameter gradient could be formed"
     for k, g in grads.items():
         if not np.isfinite(g).all():
             return f"the gradient of {k} is non-finite"
@@ -287,11 +296,12 @@ def _test_loss(model, params, eval_batch) -> float | None:
 # -- checkpoints ------------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, cfg, params, opt, clipper, history) -> None:
     """Everything needed to continue, in one ``.npz`` (arrays + a JSON string), written atomically."""
-    meta = {"config": dataclasses.asdict(cfg), "history": history.to_dict(), "step_count": opt.step_count,
+    # the history as recorded (NaN/Inf kept: this JSON is ours, read back by _load_checkpoint only)
+    meta = {"config": dataclasses.asdict(cfg), "history": dataclasses.asdict(history), "step_count": opt.step_count,
             "clipper": clipper.state()}
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays |= {f"m/{k}": v for k, v in opt.m.items()} | {f"v/{k}": v for k, v in opt.v.items()}
-    arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))
+    arrays["meta"] = np.array(json.dumps(meta, allow_nan=True))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -307,7 +317,7 @@ def _load_checkpoint(path: Path, cfg, model, params, opt, clipper):
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check --resume")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             new_params = {k[6:]: data[k] for k in data.files if k.startswith("param/")}
             m = {k[2:]: data[k] for k in data.files if k.startswith("m/")}
@@ -316,7 +326,8 @@ def _load_checkpoint(path: Path, cfg, model, params, opt, clipper):
         raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}); start a new run") from None
     if set(new_params) != set(params) or any(new_params[k].shape != params[k].shape for k in params):
         raise ValueError(f"checkpoint {str(path)!r} belongs to another model (different parameters or shapes)")
-    saved = {k: meta["config"][k] for k in ("task", "seq_len", "batch_size", "optimizer", "seed", "clip")}
+    keys = ("task", "seq_len", "batch_size", "optimizer", "lr", "momentum", "seed", "clip", "clip_threshold")
+    saved = {k: meta["config"][k] for k in keys}  # steps may differ: a run can be extended
     now = {k: getattr(cfg, k) for k in saved}
     if saved != now:
         diff = ", ".join(f"{k}: {saved[k]!r} vs {now[k]!r}" for k in saved if saved[k] != now[k])

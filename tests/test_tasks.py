@@ -1,0 +1,257 @@
+"""The seeded task generators (adding, copy, sine, noise) and their readout losses and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from _helpers import central_diff
+
+from rnndiag.tasks import (
+    COPY_LENGTH,
+    COPY_SYMBOLS,
+    TASKS,
+    input_size,
+    make_task,
+    out_size,
+    readout,
+    task_loss_grad,
+    task_loss_grads,
+)
+
+
+# -- adding ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("T", [2, 3, 10, 17])
+def test_adding_layout(T):
+    B = 8
+    tb = make_task("adding", T, B, seed=1)
+    assert tb.name == "adding" and tb.loss_steps == "last"
+    assert tb.x.shape == (T, B, 2) and tb.input_size == 2 == input_size("adding")
+    assert tb.targets.shape == (B,)
+    values, marks = tb.x[:, :, 0], tb.x[:, :, 1]
+    assert ((values >= 0) & (values <= 1)).all()
+    assert set(np.unique(marks)) <= {0.0, 1.0}
+    half = T // 2
+    # exactly one marker in each half of every sequence
+    np.testing.assert_array_equal(marks[:half].sum(axis=0), np.ones(B))
+    np.testing.assert_array_equal(marks[half:].sum(axis=0), np.ones(B))
+    # target = the sum of the two marked values
+    np.testing.assert_allclose(tb.targets, (values * marks).sum(axis=0), rtol=0, atol=1e-15)
+    assert tb.baseline == pytest.approx(1 / 6, abs=1e-15)
+
+
+def test_adding_values_are_uniform_and_markers_cover_each_half():
+    T, B = 10, 4000
+    tb = make_task("adding", T, B, seed=2)
+    v = tb.x[:, :, 0].ravel()
+    assert abs(v.mean() - 0.5) < 5 * math.sqrt(1 / 12 / v.size)
+    assert abs(v.var() - 1 / 12) < 0.005
+    pos = np.argmax(tb.x[:, :, 1] > 0, axis=0)  # first marker
+    last = T - 1 - np.argmax(tb.x[::-1, :, 1] > 0, axis=0)  # second marker
+    assert set(np.unique(pos)) == set(range(T // 2))
+    assert set(np.unique(last)) == set(range(T // 2, T))
+
+
+def test_adding_predict_one_baseline_is_one_sixth():
+    """mean((target - 1)^2) over a big batch is 1/6 within sampling error (Var of (S-1)^2 is 7/180)."""
+    B = 100_000
+    tb = make_task("adding", 6, B, seed=3)
+    mse = float(np.mean((tb.targets - 1.0) ** 2))
+    se = math.sqrt(7 / 180 / B)
+    assert abs(mse - 1 / 6) < 5 * se, (mse, 1 / 6, se)
+    assert abs(mse - tb.baseline) < 5 * se
+
+
+# -- copy ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("T", [1, 2, 5, 13])
+def test_copy_layout(T):
+    B = 6
+    tb = make_task("copy", T, B, seed=4)
+    total = T + 2 * COPY_LENGTH
+    assert tb.name == "copy" and tb.loss_steps == "window"
+    assert tb.x.shape == (total, B, COPY_SYMBOLS + 2) == (T + 20, B, 10)
+    assert input_size("copy") == 10 and out_size("copy") == 8
+    # every step is one-hot
+    np.testing.assert_array_equal(tb.x.sum(axis=2), np.ones((total, B)))
+    assert set(np.unique(tb.x)) == {0.0, 1.0}
+    channel = tb.x.argmax(axis=2)  # (total, B)
+    # the 10 symbols (channels 1..8) first
+    assert ((channel[:10] >= 1) & (channel[:10] <= 8)).all()
+    # then T-1 blanks
+    np.testing.assert_array_equal(channel[10 : 10 + T - 1], 0)
+    # the delimiter (channel 9) at position T + 9
+    delim = T + 9
+    np.testing.assert_array_equal(channel[delim], 9)
+    assert (channel == 9).sum() == B
+    # then 10 blanks
+    np.testing.assert_array_equal(channel[delim + 1 :], 0)
+    assert channel[delim + 1 :].shape[0] == 10
+    # targets: the 10 symbols as class indices 0..7
+    assert tb.targets.shape == (10, B)
+    assert np.issubdtype(tb.targets.dtype, np.integer)
+    np.testing.assert_array_equal(tb.targets, channel[:10] - 1)
+    assert tb.baseline == pytest.approx(10 * math.log(8) / (T + 20), rel=1e-15)
+
+
+def test_copy_symbols_cover_all_eight():
+    tb = make_task("copy", 3, 200, seed=5)
+    assert set(np.unique(tb.targets)) == set(range(8))
+
+
+@pytest.mark.parametrize("T", [1, 5, 20])
+def test_copy_uniform_readout_scores_the_memoryless_baseline_exactly(T):
+    """A readout predicting uniform over the 8 symbols (zero weights and bias) gets 10 ln 8 / (T + 20)."""
+    B, H = 5, 4
+    tb = make_task("copy", T, B, seed=6)
+    h = np.random.default_rng(0).standard_normal((T + 20, B, H))
+    w, b = np.zeros((8, H)), np.zeros(8)
+    loss, grad_h, gw, gb = task_loss_grads(tb, h, w, b)
+    expected = 10 * math.log(8) / (T + 20)
+    assert loss == pytest.approx(expected, rel=1e-14, abs=0)
+    assert loss == pytest.approx(tb.baseline, rel=1e-14, abs=0)
+    np.testing.assert_array_equal(grad_h, 0.0)  # W = 0: nothing flows back to h
+    # d loss / d b for uniform predictions: (1/8 - onehot) summed over window and batch / (B * total)
+    counts = np.bincount(tb.targets.ravel(), minlength=8)
+    np.testing.assert_allclose(gb, (10 * B / 8 - counts) / (B * (T + 20)), rtol=1e-13, atol=1e-15)
+    assert gw.shape == (8, H)
+
+
+# -- sine ------------------------------------------------------------------------------------------------------
+def test_sine_next_step_targets():
+    T, B = 15, 7
+    tb = make_task("sine", T, B, seed=7)
+    assert tb.name == "sine" and tb.loss_steps == "all"
+    assert tb.x.shape == (T, B, 1) and tb.targets.shape == (T, B)
+    assert input_size("sine") == 1 == out_size("sine")
+    # the target at t is the input at t + 1
+    np.testing.assert_array_equal(tb.targets[:-1], tb.x[1:, :, 0])
+    assert (np.abs(tb.x) <= 1).all() and (np.abs(tb.targets) <= 1).all()
+    # and the last target continues the same sinusoid: x_{t+1} = 2 cos(w) x_t - x_{t-1}
+    x = np.concatenate([tb.x[:, :, 0], tb.targets[-1:]], axis=0)
+    two_cos = (x[2:-1] + x[:-3]) / np.where(np.abs(x[1:-2]) > 1e-3, x[1:-2], np.nan)
+    two_cos = np.nanmedian(two_cos, axis=0)
+    np.testing.assert_allclose(x[-1], two_cos * x[-2] - x[-3], atol=1e-8)
+
+
+def test_noise_task():
+    tb = make_task("noise", 9, 3, seed=0, input_size=4)
+    assert tb.x.shape == (9, 3, 4) and tb.targets is None and tb.baseline is None
+    assert make_task("noise", 9, 3, seed=0).x.shape == (9, 3, 1)
+    with pytest.raises(ValueError, match="no loss"):
+        task_loss_grads(tb, np.zeros((9, 3, 2)), np.zeros((1, 2)), np.zeros(1))
+
+
+# -- seeding ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", TASKS)
+def test_same_seed_same_data_different_seed_different_data(task):
+    a = make_task(task, 8, 4, seed=11)
+    b = make_task(task, 8, 4, seed=11)
+    c = make_task(task, 8, 4, seed=12)
+    np.testing.assert_array_equal(a.x, b.x)
+    if a.targets is not None:
+        np.testing.assert_array_equal(a.targets, b.targets)
+    assert not np.array_equal(a.x, c.x)
+    if a.targets is not None:
+        assert not np.array_equal(a.targets, c.targets)
+    # a Generator is accepted as the seed, and consumed like the integer seed
+    g = make_task(task, 8, 4, seed=np.random.default_rng(11))
+    np.testing.assert_array_equal(g.x, a.x)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_dtype(task):
+    tb = make_task(task, 4, 2, seed=0, dtype=np.float32)
+    assert tb.x.dtype == np.float32
+
+
+def test_readout_is_seeded_pytorch_linear_init():
+    w, b = readout(4, 8, seed=3)
+    w2, b2 = readout(4, 8, seed=3)
+    np.testing.assert_array_equal(w, w2)
+    np.testing.assert_array_equal(b, b2)
+    assert w.shape == (8, 4) and b.shape == (8,)
+    assert np.abs(w).max() <= 0.5 and np.abs(b).max() <= 0.5  # U(-1/sqrt(H), 1/sqrt(H))
+
+
+# -- gradients of the readout losses ---------------------------------------------------------------------------
+def _assert_rel(name, ours, ref, tol=1e-6):
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    scale = float(np.max(np.abs(ref)))
+    assert scale > 0, f"{name}: the reference gradient is zero; the check would be vacuous"
+    err = float(np.max(np.abs(ours - ref))) / scale
+    assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}\nours {ours.ravel()[:8]}\nref  {ref.ravel()[:8]}"
+
+
+@pytest.mark.parametrize("task", ["adding", "copy", "sine"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_task_loss_grads_against_finite_differences(task, seed):
+    T, B, H = 6, 3, 4
+    tb = make_task(task, T, B, seed=seed)
+    n = tb.x.shape[0]
+    rng = np.random.default_rng([seed, 99])
+    h = rng.standard_normal((n, B, H))
+    w, b = rng.standard_normal((out_size(task), H)), rng.standard_normal(out_size(task))
+    loss, grad_h, gw, gb = task_loss_grads(tb, h, w, b)
+    assert grad_h.shape == h.shape and gw.shape == w.shape and gb.shape == b.shape
+    assert task_loss_grad(tb, h, w, b)[0] == loss
+    np.testing.assert_array_equal(task_loss_grad(tb, h, w, b)[1], grad_h)
+    _assert_rel(f"{task} dL/dh", grad_h, central_diff(lambda a: task_loss_grads(tb, a, w, b)[0], h))
+    _assert_rel(f"{task} dL/dW", gw, central_diff(lambda a: task_loss_grads(tb, h, a, b)[0], w))
+    _assert_rel(f"{task} dL/db", gb, central_diff(lambda a: task_loss_grads(tb, h, w, a)[0], b))
+    # where the loss does not look, dL/dh is exactly zero
+    if task == "adding":
+        np.testing.assert_array_equal(grad_h[:-1], 0.0)
+    if task == "copy":
+        np.testing.assert_array_equal(grad_h[:-COPY_LENGTH], 0.0)
+
+
+def test_losses_by_hand():
+    T, B, H = 4, 2, 3
+    rng = np.random.default_rng(5)
+    h = rng.standard_normal((T, B, H))
+    w, b = rng.standard_normal((1, H)), rng.standard_normal(1)
+    tb = make_task("adding", T, B, seed=0)
+    y = h[-1] @ w[0] + b[0]
+    assert task_loss_grads(tb, h, w, b)[0] == pytest.approx(np.mean((y - tb.targets) ** 2), rel=1e-14)
+    tb = make_task("sine", T, B, seed=0)
+    y = h @ w[0] + b[0]
+    assert task_loss_grads(tb, h, w, b)[0] == pytest.approx(np.mean((y - tb.targets) ** 2), rel=1e-14)
+
+
+# -- bad input -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["addition", "", "ADD", "noise2"])
+def test_unknown_task(name):
+    with pytest.raises(ValueError, match="unknown task"):
+        make_task(name, 5, 2)
+
+
+def test_task_name_not_a_string():
+    with pytest.raises((ValueError, TypeError)):
+        make_task(None, 5, 2)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize(("seq_len", "batch", "exc", "what"), [
+    (0, 2, ValueError, "seq_len"),
+    (-3, 2, ValueError, "seq_len"),
+    (5, 0, ValueError, "batch_size"),
+    (5, -1, ValueError, "batch_size"),
+    (5.0, 2, TypeError, "seq_len"),
+    (5, 2.5, TypeError, "batch_size"),
+    (True, 2, TypeError, "seq_len"),
+])
+def test_bad_sizes(task, seq_len, batch, exc, what):
+    with pytest.raises(exc, match=what):
+        make_task(task, seq_len, batch)
+
+
+def test_adding_needs_two_steps():
+    with pytest.raises(ValueError, match="seq_len"):
+        make_task("adding", 1, 2)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed"):
+        make_task("adding", 5, 2, seed=seed)
