@@ -204,14 +204,42 @@ def _check_inputs(model: RNNModel, x, state0):
     return x, h0, c0
 
 
-def _input_projection(layer_input: np.ndarray, w_ih, b_ih, b_hh, cell: str) -> np.ndarray:
-    """All timesteps at once: (T*B, I) @ (I, G*H) + biases -> (T, B, G*H)."""
-    T, B, I = layer_input.shape
-    pre = layer_input.reshape(T * B, I) @ w_ih.T  # (T*B, G*H)
+def _forward_weights(mod, cell: str, w_ih, w_hh, b_ih, b_hh):
+    """``W_ih``, the bias folded into the input projection, and ``W_hh`` as the cell's ``forward`` takes them.
+
+    Each gate block's rows are multiplied by the cell module's ``GATE_SCALE`` (powers of two, so exactly). The
+    bias is ``b_ih + b_hh``, except a GRU's n block: ``b_hn`` sits inside ``r * (W_hn h + b_hn)`` and ``forward``
+    adds it per step.
+    """
+    H = w_hh.shape[1]
+    b = None
     if b_ih is not None:
-        pre += b_ih
-        if cell != "gru":  # a GRU adds b_hh per step, inside r * (W_hn h + b_hn)
-            pre += b_hh
+        b = b_ih + b_hh
+        if cell == "gru":
+            b[2 * H :] = b_ih[2 * H :]
+    if all(s == 1.0 for s in mod.GATE_SCALE):
+        return w_ih, b, w_hh
+    scale = np.repeat(np.asarray(mod.GATE_SCALE, w_hh.dtype), H)  # (G*H,)
+    return w_ih * scale[:, None], (b * scale if b is not None else None), w_hh * scale[:, None]
+
+
+def _append_ones(a: np.ndarray) -> np.ndarray:
+    """(N, K) -> (N, K+1) with a last column of ones, so that a bias rides along in a product as one more weight
+    (no separate pass over the (N, G*H) result to add it, or to sum it for its gradient)."""
+    out = np.empty((a.shape[0], a.shape[1] + 1), a.dtype)
+    out[:, :-1] = a
+    out[:, -1] = 1.0
+    return out
+
+
+def _input_projection(layer_input: np.ndarray, w_ih, b) -> np.ndarray:
+    """All timesteps at once: (T*B, I) @ (I, G*H) + bias -> (T, B, G*H), as one product [x, 1] @ [W_ih^T; b]."""
+    T, B, I = layer_input.shape
+    x_2d = layer_input.reshape(T * B, I)
+    if b is None:
+        pre = x_2d @ w_ih.T  # (T*B, G*H)
+    else:
+        pre = _append_ones(x_2d) @ np.concatenate([w_ih.T, b[None, :]])  # (T*B, I+1) @ (I+1, G*H)
     return pre.reshape(T, B, -1)
 
 
@@ -222,9 +250,10 @@ def _run_forward(model: RNNModel, x, h0, c0) -> list[LayerTrace]:
     mod = cell_module(model.cell)
     for layer in range(model.num_layers):
         w_ih, w_hh, b_ih, b_hh = model.layer_params(layer)
-        pre = _input_projection(layer_input, w_ih, b_ih, b_hh, model.cell)
+        w_ih_f, b_f, w_hh_f = _forward_weights(mod, model.cell, w_ih, w_hh, b_ih, b_hh)
+        pre = _input_projection(layer_input, w_ih_f, b_f)
         c0_l = c0[layer] if c0 is not None else None
-        arrays = mod.forward(pre, h0[layer], c0_l, w_hh, b_hh, **kwargs)
+        arrays = mod.forward(pre, h0[layer], c0_l, w_hh_f, b_hh, **kwargs)
         layers.append(LayerTrace(model.cell, layer, w_hh, h0[layer], c0_l, arrays))
         layer_input = arrays["h"]
     return layers
@@ -273,26 +302,34 @@ def bptt(model: RNNModel, x, grad_h, state0=None, *, param_grads: bool = True) -
         lt = layers[layer]
         w_ih, w_hh, b_ih, b_hh = model.layer_params(layer)
         back = mod.backward(lt.arrays, lt.h0, lt.c0, w_hh, direct, **kwargs)
-        d_pre, d_pre_rec = back["d_pre"], back["d_pre_rec"]
+        d_pre = back["d_pre"]  # (T, B, G*H): dL/d(W_ih x_t + b_ih)
         G = d_pre.shape[2]
         layer_input = x if layer == 0 else layers[layer - 1].h
         I = layer_input.shape[2]
         d_pre_2d = d_pre.reshape(T * B, G)
-        if param_grads:
-            grads[f"weight_ih_l{layer}"] = d_pre_2d.T @ layer_input.reshape(T * B, I)
-            # W_hh sees h_{t-1}: h0 at t = 0, then h_0 .. h_{T-2}
-            d_rec_2d = d_pre_rec.reshape(T * B, G)
-            g_hh = d_rec_2d[B:].T @ lt.h[:-1].reshape((T - 1) * B, -1) if T > 1 else 0.0
-            grads[f"weight_hh_l{layer}"] = g_hh + d_pre_rec[0].T @ lt.h0
-            if b_ih is not None:
-                grads[f"bias_ih_l{layer}"] = d_pre_2d.sum(axis=0)
-                grads[f"bias_hh_l{layer}"] = d_rec_2d.sum(axis=0) if model.cell == "gru" else \
-                    grads[f"bias_ih_l{layer}"].copy()
+        input_2d = layer_input.reshape(T * B, I)
         grad_h0[layer] = back["grad_h0"]
         if grad_c0 is not None:
             grad_c0[layer] = back["grad_c0"]
         # gradient on this layer's input: one product over all timesteps
-        below = (d_pre_2d @ w_ih).reshape(T, B, I)
+        below = (d_pre_2d @ w_ih).reshape(T, B, I)  # (T*B, G*H) @ (G*H, I)
+        if param_grads:
+            if b_ih is not None:  # [dW_ih | db_ih] = d_pre^T @ [x, 1]
+                g_ih = d_pre_2d.T @ _append_ones(input_2d)  # (G*H, I+1)
+                grads[f"weight_ih_l{layer}"], grads[f"bias_ih_l{layer}"] = g_ih[:, :I], g_ih[:, I]
+            else:
+                grads[f"weight_ih_l{layer}"] = d_pre_2d.T @ input_2d
+            # dL/d(W_hh h_{t-1} + b_hh): d_pre itself except for a GRU, whose cell turns d_pre into it in place
+            d_rec = mod.recurrent_grad(lt.arrays, d_pre)
+            d_rec_2d = d_rec.reshape(T * B, G)
+            # W_hh sees h_{t-1}: h0 at t = 0, then h_0 .. h_{T-2}
+            g_hh = d_rec[0].T @ lt.h0
+            if T > 1:
+                g_hh += d_rec_2d[B:].T @ lt.h[:-1].reshape((T - 1) * B, -1)
+            grads[f"weight_hh_l{layer}"] = g_hh
+            if b_ih is not None:
+                grads[f"bias_hh_l{layer}"] = d_rec_2d.sum(axis=0) if model.cell == "gru" else \
+                    grads[f"bias_ih_l{layer}"].copy()
         if layer == 0:
             grad_x = below
         else:

@@ -1,16 +1,28 @@
 """Recurrent cells as pure functions over arrays, in PyTorch's parameter layout.
 
-Each cell module has the same five functions, all batched over ``B``:
+Each cell module has the same six functions, all batched over ``B``, and a constant ``GATE_SCALE``:
 
+``GATE_SCALE``
+    One factor per gate block (PyTorch's gate order), a power of two: the engine multiplies the rows of ``W_ih``,
+    of the bias folded into ``pre`` and of ``W_hh`` that ``forward`` receives by it (exact in floating point).
+    Gated cells use 1/2 on their sigmoid gates, so ``forward`` gets ``a/2`` and evaluates
+    ``sigma(a) = (1 + tanh(a/2)) / 2`` with the same vectorized ``tanh`` it uses for the other gates. Everything
+    else (``backward``, the stored arrays, the Jacobians) works with the unscaled ``W_hh`` and pre-activations.
 ``forward(pre, h0, c0, w_hh, b_hh)``
     Runs the recurrence. ``pre`` (T, B, G*H) holds every timestep's input projection
-    ``x_t @ W_ih.T + b_ih (+ b_hh where the cell allows folding it in)``, computed by the engine in one matrix
-    product; the cell overwrites it in place with the gate activations it needs later. Returns a dict of the
-    arrays that define the step Jacobians (all O(T*B*H)).
+    ``x_t @ W_ih.T + b_ih (+ b_hh where the cell allows folding it in)``, each gate block times ``GATE_SCALE``,
+    computed by the engine in one matrix product; ``w_hh`` is scaled alike. The cell overwrites ``pre`` in place
+    with the gate activations it needs later (stored in PyTorch's gate order). Returns a dict of the arrays that
+    define the step Jacobians (all O(T*B*H)).
 ``backward(arrays, h0, c0, w_hh, grad_h)``
-    Backpropagation through time. ``grad_h`` (T, B, H) is the loss's direct gradient on each output; returns
-    the total ``dL/dh_t`` (and ``dL/dc_t``), the gradient on the gates' pre-activations (from which the engine
-    forms every weight gradient in one product per weight) and the gradient on the initial state.
+    Backpropagation through time, with the unscaled ``w_hh``. ``grad_h`` (T, B, H) is the loss's direct gradient
+    on each output; returns the total ``dL/dh_t`` (and ``dL/dc_t``), the gradient on the gates' pre-activations
+    (``d_pre``, from which the engine forms ``W_ih``'s gradient and the input gradient in one product each) and
+    the gradient on the initial state.
+``recurrent_grad(arrays, d_pre)``
+    The gradient on the recurrent pre-activations ``W_hh h_{t-1} + b_hh`` (for ``W_hh``'s gradient, one
+    product): ``d_pre`` itself, except for the GRU, where ``b_hn`` sits inside ``r * (...)``; it overwrites
+    ``d_pre`` in place, so the engine calls it last.
 ``jvp(arrays, h0, c0, w_hh, t, v)`` / ``vjp(arrays, h0, c0, w_hh, t, u)``
     ``J_t v`` and ``u^T J_t`` for ``J_t = d s_t / d s_{t-1}``, batched: ``v``, ``u`` are (B, S).
 ``step_jacobian(arrays, h0, c0, w_hh, t, batch)``

@@ -9,22 +9,31 @@ r"""GRU cell, PyTorch ``nn.GRU`` layout (gate rows in the order r, z, n; ``b_hn`
     h_t &= (1 - z_t) \odot n_t + z_t \odot h_{t-1}
     \end{aligned}
 
-``pre`` holds :math:`W_{ih} x_t + b_{ih}` only; the recurrent part (with :math:`b_{hh}`) is added per step because
-:math:`r_t` multiplies :math:`\hat n_t`. The state is :math:`s = h` and
+``pre`` holds :math:`W_{ih} x_t + b_{ih}` plus :math:`b_{hr}, b_{hz}`; :math:`b_{hn}` is added per step with
+:math:`W_{hn} h_{t-1}` because :math:`r_t` multiplies :math:`\hat n_t`. ``forward`` evaluates the sigmoids as
+:math:`\sigma(a) = (1 + \tanh(a/2)) / 2` (see ``GATE_SCALE``). The state is :math:`s = h` and
 
 .. math::
 
     J_t = \operatorname{diag}(z) + \operatorname{diag}((h_{t-1} - n) z(1-z)) W_{hz}
         + \operatorname{diag}((1-z)(1-n^2)) \left[\operatorname{diag}(\hat n\, r(1-r)) W_{hr}
         + \operatorname{diag}(r) W_{hn}\right].
+
+BPTT, with :math:`\bar h_t` the total gradient on :math:`h_t`:
+:math:`\bar a^n = \bar h_t (1-z)(1-n^2)`, :math:`\bar a^z = \bar h_t (h_{t-1} - n) z(1-z)`,
+:math:`\bar a^r = \bar a^n \hat n\, r(1-r)`; the recurrent pre-activation (``W_hh h + b_hh``) gets
+:math:`[\bar a^r; \bar a^z; r \bar a^n]` and :math:`\bar h_{t-1} \mathrel{+}= z \bar h_t + W_{hh}^\top
+[\bar a^r; \bar a^z; r \bar a^n]`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 STATE_FACTOR = 1
+# forward() evaluates r and z with one tanh, using sigma(a) = (1 + tanh(a/2)) / 2: the engine hands it ``pre``
+# and ``W_hh`` with the r and z rows halved (exact: a power of two).
+GATE_SCALE = (0.5, 0.5, 1.0)
 
 
 def _prev(arr, init, t):
@@ -32,82 +41,109 @@ def _prev(arr, init, t):
 
 
 def forward(pre, h0, c0, w_hh, b_hh) -> dict[str, np.ndarray]:
-    """Run the recurrence; on return ``pre[t]`` holds ``[r, z, n]`` and ``hn[t]`` holds ``W_hn h_{t-1} + b_hn``."""
+    """Run the recurrence; on return ``pre[t]`` holds ``[r, z, n]`` and ``hn[t]`` holds ``W_hn h_{t-1} + b_hn``.
+
+    ``pre`` and ``w_hh`` come with their r, z rows scaled by ``GATE_SCALE`` (1/2) and ``pre`` already holds
+    ``b_hr, b_hz``; of ``b_hh`` only ``b_hn`` is used here.
+    """
     del c0
     T, B, G = pre.shape
     H = G // 3
     dtype = pre.dtype
-    h = np.empty((T, B, H), dtype)
-    hn = np.empty((T, B, H), dtype)
-    w_hh_t = w_hh.T
+    h, hn = np.empty((2, T, B, H), dtype)  # one allocation, as in the LSTM: cheaper to fault in
+    rz = pre[:, :, : 2 * H]  # (T, B, 2H): the sigmoid gates side by side
+    r, z, n = (pre[:, :, k * H : (k + 1) * H] for k in range(3))  # (T, B, H) views
+    b_hn = b_hh[2 * H :] if b_hh is not None else None
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 3H), contiguous: a faster product than the transposed view
     rec = np.empty((B, G), dtype)
     tmp = np.empty((B, H), dtype)
     h_prev = h0
     for t in range(T):
-        gates = pre[t]  # (B, 3H)
-        np.matmul(h_prev, w_hh_t, out=rec)
-        if b_hh is not None:
-            rec += b_hh
-        rz = gates[:, : 2 * H]
-        rz += rec[:, : 2 * H]
-        expit(rz, out=rz)
-        r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
-        hn[t] = rec[:, 2 * H :]
-        np.multiply(r, hn[t], out=tmp)
-        n += tmp
-        np.tanh(n, out=n)
+        np.matmul(h_prev, w_hh_t, out=rec)  # (B, 3H): [W_hr h / 2, W_hz h / 2, W_hn h]
+        rz[t] += rec[:, : 2 * H]
+        if b_hn is not None:
+            np.add(rec[:, 2 * H :], b_hn, out=hn[t])
+        else:
+            hn[t] = rec[:, 2 * H :]
+        np.tanh(rz[t], out=rz[t])  # tanh(a/2) -> sigma(a) = (1 + tanh(a/2)) / 2
+        rz[t] *= 0.5
+        rz[t] += 0.5
+        # n = tanh(W_in x + b_in + r * hn)
+        np.multiply(r[t], hn[t], out=tmp)
+        n[t] += tmp
+        np.tanh(n[t], out=n[t])
         # h_t = n + z * (h_prev - n)
-        np.subtract(h_prev, n, out=tmp)
-        tmp *= z
-        np.add(n, tmp, out=h[t])
+        np.subtract(h_prev, n[t], out=tmp)
+        tmp *= z[t]
+        np.add(n[t], tmp, out=h[t])
         h_prev = h[t]
     return {"h": h, "gates": pre, "hn": hn}
 
 
 def backward(arrays, h0, c0, w_hh, grad_h) -> dict[str, np.ndarray]:
-    """BPTT: total ``grad_h``; ``d_pre`` on the input pre-activations; ``d_pre_rec`` on ``W_hh h + b_hh``."""
+    """BPTT: total ``grad_h``; ``d_pre`` on the input pre-activations (``recurrent_grad`` turns it into the
+    gradient on ``W_hh h + b_hh``).
+
+    Walking t = T-1 .. 0, with ``dh`` the total gradient on h_t::
+
+        da_n = dh (1 - z) (1 - n^2),  da_z = dh (h_{t-1} - n) z (1 - z),  da_r = da_n hn r (1 - r)
+        d_pre = [da_r, da_z, da_n],   d_rec = [da_r, da_z, da_n r]
+        dh_{t-1} = grad_h[t-1] + dh z + d_rec @ W_hh
+    """
     del c0
     h, gates, hn = arrays["h"], arrays["gates"], arrays["hn"]
     T, B, H = h.shape
-    total = grad_h.copy()
+    dtype = h.dtype
+    total = grad_h.copy()  # (T, B, H) -> dL/dh_t; step t adds its share into row t-1
     d_pre = np.empty_like(gates)  # (T, B, 3H): dL/d(W_ih x + b_ih)
-    d_pre_rec = np.empty_like(gates)  # (T, B, 3H): dL/d(W_hh h + b_hh)
-    dh_rec = np.zeros((B, H), h.dtype)
-    tmp = np.empty((B, H), h.dtype)
+    grad_h0 = np.empty((B, H), dtype)
+    r, z, n = (gates[:, :, k * H : (k + 1) * H] for k in range(3))  # (T, B, H) views
+    da_r, da_n = d_pre[:, :, :H], d_pre[:, :, 2 * H :]
+    da_zn = d_pre[:, :, H:]
+    # per-column constants over a (B, 3H) row [r, z, n]: 1 on the sigmoid gates and 0 on n, and its complement
+    one = np.ones(3 * H, dtype)
+    one[2 * H :] = 0.0
+    zero_one = 1.0 - one
+    dhz = np.empty((B, H), dtype)
+    rec = np.empty((B, H), dtype)
+    mult = np.empty((B, 2, H), dtype)  # what z's and n's derivatives are multiplied by
+    drec = np.empty((B, 3 * H), dtype)  # this step's dL/d(W_hh h + b_hh)
     for t in range(T - 1, -1, -1):
         dh = total[t]
-        if t < T - 1:
-            dh += dh_rec
-        gt = gates[t]
-        r, z, n = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H :]
         h_prev = _prev(h, h0, t)
-        da = d_pre[t]
-        da_r, da_z, da_n = da[:, :H], da[:, H : 2 * H], da[:, 2 * H :]
-        # dn = dh (1 - z); da_n = dn (1 - n^2)
-        np.multiply(n, n, out=da_n)
-        np.subtract(1.0, da_n, out=da_n)
-        np.subtract(1.0, z, out=tmp)
-        da_n *= tmp
-        da_n *= dh
-        # dz = dh (h_prev - n); da_z = dz z (1 - z)
-        np.subtract(h_prev, n, out=da_z)
-        da_z *= dh
-        np.multiply(z, tmp, out=tmp)  # z (1 - z)
-        da_z *= tmp
+        # the activations' derivatives over the whole row: s (1 - s) on r, z and (0 - n) n + 1 on n
+        da = d_pre[t]  # (B, 3H)
+        np.subtract(one, gates[t], out=da)
+        da *= gates[t]
+        da += zero_one
+        # times [.., dh (h_prev - n), dh (1 - z)]: h_t = n + z (h_prev - n)
+        np.multiply(dh, z[t], out=dhz)  # also the direct path h_t = ... + z h_{t-1}
+        np.subtract(h_prev, n[t], out=mult[:, 0])
+        mult[:, 0] *= dh
+        np.subtract(dh, dhz, out=mult[:, 1])
+        da_zn[t] *= mult.reshape(B, 2 * H)
         # da_r = da_n hn r (1 - r)
-        np.subtract(1.0, r, out=da_r)
-        da_r *= r
-        da_r *= hn[t]
-        da_r *= da_n
+        da_r[t] *= hn[t]
+        da_r[t] *= da_n[t]
         # the recurrent pre-activation gradient: [da_r, da_z, da_n r] (b_hn sits inside r * (...))
-        drec = d_pre_rec[t]
         drec[:, : 2 * H] = da[:, : 2 * H]
-        np.multiply(da_n, r, out=drec[:, 2 * H :])
-        # dh_prev = dh z + drec @ W_hh
-        np.matmul(drec, w_hh, out=dh_rec)
-        np.multiply(dh, z, out=tmp)
-        dh_rec += tmp
-    return {"grad_h": total, "d_pre": d_pre, "d_pre_rec": d_pre_rec, "grad_h0": dh_rec}
+        np.multiply(da_n[t], r[t], out=drec[:, 2 * H :])
+        # dh_{t-1} += dh z + d_rec @ W_hh
+        if t > 0:
+            total[t - 1] += dhz
+            np.matmul(drec, w_hh, out=rec)
+            total[t - 1] += rec
+        else:
+            np.matmul(drec, w_hh, out=grad_h0)
+            grad_h0 += dhz
+    return {"grad_h": total, "d_pre": d_pre, "grad_h0": grad_h0}
+
+
+def recurrent_grad(arrays, d_pre) -> np.ndarray:
+    """Turn ``d_pre`` in place into the gradient on ``W_hh h_{t-1} + b_hh``: [da_r, da_z, da_n r]."""
+    H = d_pre.shape[2] // 3
+    d_pre[:, :, 2 * H :] *= arrays["gates"][:, :, :H]
+    return d_pre
 
 
 def _factors(arrays, h0, t):
