@@ -63,6 +63,7 @@ def check_array(
     dtype: np.dtype,
     *,
     allow_empty: bool = False,
+    copy: bool = False,
 ) -> np.ndarray:
     """Convert ``value`` to a C-contiguous array of ``dtype`` and check its shape and finiteness.
 
@@ -82,7 +83,7 @@ def check_array(
         raise ValueError(f"{name} must have shape {expected}; got {shape_str(arr.shape)}")
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} is empty (shape {shape_str(arr.shape)}); every dimension of {expected} must be >= 1")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = np.array(arr, dtype=dtype, order="C", copy=True) if copy else np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = tuple(int(i) for i in bad)

@@ -185,7 +185,7 @@ def _check_inputs(model: RNNModel, x, state0):
     if not isinstance(model, RNNModel):
         raise TypeError(f"model must be an RNNModel (from init_model or load_weights); got {type(model).__name__}")
     dtype = model.dtype
-    x = check_array(x, "x", ("T", "B", model.input_size), dtype)
+    x = check_array(x, "x", ("T", "B", model.input_size), dtype, copy=True)  # the trace keeps its own inputs
     T, B, _ = x.shape
     L, H = model.num_layers, model.hidden_size
     if state0 is None:
@@ -194,12 +194,12 @@ def _check_inputs(model: RNNModel, x, state0):
     elif model.cell == "lstm":
         if not isinstance(state0, (tuple, list)) or len(state0) != 2:
             raise TypeError("state0 for an LSTM must be the tuple (h0, c0), each of shape (num_layers, B, H)")
-        h0 = check_array(state0[0], "state0 h0", (L, B, H), dtype)
-        c0 = check_array(state0[1], "state0 c0", (L, B, H), dtype)
+        h0 = check_array(state0[0], "state0 h0", (L, B, H), dtype, copy=True)
+        c0 = check_array(state0[1], "state0 c0", (L, B, H), dtype, copy=True)
     else:
-        if isinstance(state0, (tuple, list)):
+        if isinstance(state0, tuple):
             raise TypeError(f"state0 for a {model.cell} is h0 of shape ({L}, {B}, {H}), not a tuple")
-        h0 = check_array(state0, "state0", (L, B, H), dtype)
+        h0 = check_array(state0, "state0", (L, B, H), dtype, copy=True)
         c0 = None
     return x, h0, c0
 
@@ -286,10 +286,23 @@ def bptt(model: RNNModel, x, grad_h, state0=None, *, param_grads: bool = True) -
     >>> tr.param_grads["weight_hh_l0"].shape, tr.step_jacobian(5).shape
     ((20, 5), (4, 10, 10))
     """
-    x, h0, c0 = _check_inputs(model, x, state0)
+    return backward(forward(model, x, state0), grad_h, param_grads=param_grads)
+
+
+def backward(trace: Trace, grad_h, *, param_grads: bool = True) -> Trace:
+    """Backpropagation through time on a recorded forward ``trace`` (from :func:`forward`); see :func:`bptt`.
+
+    Lets a caller look at the outputs before choosing the loss (as a training loop does) without running the
+    forward pass twice. The forward trace is not modified; a new :class:`Trace` with the gradients is returned.
+    """
+    if not isinstance(trace, Trace):
+        raise TypeError(f"trace must be a Trace from rnndiag.forward; got {type(trace).__name__}")
+    model, x = trace.model, trace.x
     T, B, _ = x.shape
     grad_h = check_array(grad_h, "grad_h", (T, B, model.hidden_size), model.dtype)
-    layers = _run_forward(model, x, h0, c0)
+    layers = trace.layers
+    h0 = np.stack([lt.h0 for lt in layers])
+    c0 = np.stack([lt.c0 for lt in layers]) if model.cell == "lstm" else None
     mod = cell_module(model.cell)
     kwargs = {"nonlinearity": model.nonlinearity} if model.cell.startswith("rnn") else {}
     grads: dict[str, np.ndarray] = {}

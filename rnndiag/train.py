@@ -28,7 +28,7 @@ import numpy as np
 from ._validation import check_positive_int
 from .analysis.lyapunov import lyapunov_spectrum
 from .clip import Clipper, cosine, global_norm
-from .engine import bptt
+from .engine import backward, forward
 from .model import RNNModel
 from .tasks import make_task, out_size, readout, task_loss_grads
 
@@ -143,13 +143,11 @@ def _batch(cfg: TrainConfig, model: RNNModel, i: int, eval_: bool = False):
 def loss_and_grads(model: RNNModel, w, b, task_batch):
     """(loss, gradients of every parameter and the readout, the trace)."""
     with np.errstate(all="ignore"):
-        from .engine import forward
-
-        h = forward(model, task_batch.x).h
-        loss, grad_h, gw, gb = task_loss_grads(task_batch, h.astype(np.float64), w, b)
+        fwd = forward(model, task_batch.x)
+        loss, grad_h, gw, gb = task_loss_grads(task_batch, fwd.h.astype(np.float64), w, b)
         if not np.isfinite(grad_h).all():
             return loss, None, None
-        trace = bptt(model, task_batch.x, grad_h.astype(model.dtype))
+        trace = backward(fwd, grad_h.astype(model.dtype))
     grads = dict(trace.param_grads)
     grads[READOUT[0]], grads[READOUT[1]] = gw, gb
     return loss, grads, trace

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from _helpers import CELLS, random_state0
 
+import rnndiag
 from rnndiag import bptt, forward, init_model
 
 I, H, L, T, B = 3, 4, 2, 5, 2
@@ -143,9 +144,6 @@ def test_integer_and_list_inputs_are_accepted(setup):
     np.testing.assert_array_equal(forward(model, xi).h, forward(model, xi.astype(np.float64)).h)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="ENGINE BUG engine.py _check_inputs: any list state0 for RNN/GRU is refused as "
-                          "'not a tuple', though x and grad_h accept nested lists")
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru"])
 def test_nested_list_h0_is_accepted(cell):
     model = init_model(cell, I, H, num_layers=L, seed=0)
@@ -165,10 +163,6 @@ def test_inputs_are_not_modified(setup):
         np.testing.assert_array_equal(params[k], model.params[k])
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="ENGINE BUG engine.py _check_inputs/_validation.check_array: a float64 "
-                          "C-contiguous x/state0 is stored by reference, so mutating the caller's buffers "
-                          "after the call changes trace.x, initial_state and (GRU/LSTM) step_jacobian(0)")
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_trace_is_a_snapshot_of_its_inputs(cell):
     model = init_model(cell, I, H, seed=0)
@@ -239,3 +233,23 @@ def test_trace_memory_is_linear_in_T(cell):
     per_step = n2 / (400 * 3 * 5 * 2 * 8)  # bytes per (t, b, hidden unit, layer) in float64 units
     assert per_step < 20, per_step
     assert forward(model, rng.standard_normal((200, 3, 3))).nbytes < n1  # no gradients recorded
+
+
+def test_backward_on_a_forward_trace_equals_bptt():
+    """forward + backward (what a training loop does) gives exactly bptt's result and leaves the trace alone."""
+    rng = np.random.default_rng(3)
+    for cell in ("rnn_tanh", "lstm", "gru"):
+        m = rnndiag.init_model(cell, 3, 5, num_layers=2, seed=1)
+        x = rng.standard_normal((7, 2, 3))
+        g = rng.standard_normal((7, 2, 5))
+        fwd = rnndiag.forward(m, x)
+        h_before = fwd.h.copy()
+        tr = rnndiag.backward(fwd, g)
+        ref = rnndiag.bptt(m, x, g)
+        assert np.array_equal(fwd.h, h_before)
+        assert np.array_equal(tr.grad_h, ref.grad_h)
+        assert np.array_equal(tr.grad_x, ref.grad_x)
+        for k in ref.param_grads:
+            assert np.array_equal(tr.param_grads[k], ref.param_grads[k]), (cell, k)
+    with pytest.raises(TypeError, match="trace must be a Trace"):
+        rnndiag.backward("not a trace", g)
