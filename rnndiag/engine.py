@@ -327,11 +327,9 @@ def backward(trace: Trace, grad_h, *, param_grads: bool = True) -> Trace:
         # gradient on this layer's input: one product over all timesteps
         below = (d_pre_2d @ w_ih).reshape(T, B, I)  # (T*B, G*H) @ (G*H, I)
         if param_grads:
-            if b_ih is not None:  # [dW_ih | db_ih] = d_pre^T @ [x, 1]
-                g_ih = d_pre_2d.T @ _append_ones(input_2d)  # (G*H, I+1)
-                grads[f"weight_ih_l{layer}"], grads[f"bias_ih_l{layer}"] = g_ih[:, :I], g_ih[:, I]
-            else:
-                grads[f"weight_ih_l{layer}"] = d_pre_2d.T @ input_2d
+            grads[f"weight_ih_l{layer}"] = d_pre_2d.T @ input_2d  # (G*H, T*B) @ (T*B, I)
+            if b_ih is not None:  # a column sum, not a copy of the input with a ones column: peak memory matters
+                grads[f"bias_ih_l{layer}"] = d_pre_2d.sum(axis=0)
             # dL/d(W_hh h_{t-1} + b_hh): d_pre itself except for a GRU, whose cell turns d_pre into it in place
             d_rec = mod.recurrent_grad(lt.arrays, d_pre)
             d_rec_2d = d_rec.reshape(T * B, G)

@@ -177,8 +177,23 @@ def _auto_sample(model: RNNModel, T: int, B: int, k: int) -> int:
     return int(max(1, min(B, max(2.0 * bptt_flops, 1e9) // per_seq)))
 
 
+def _step_norms(a: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``||a[t, b]||`` (T, B) in float64, a few steps at a time (no full-size temporary)."""
+    out = np.empty(a.shape[:2])
+    for s in range(0, a.shape[0], chunk):
+        out[s : s + chunk] = np.linalg.norm(a[s : s + chunk].astype(np.float64, copy=False), axis=2)
+    return out
+
+
+def _global_norm(grads: dict) -> float:
+    from ..clip import global_norm
+
+    return global_norm(grads)
+
+
 def _first_nonfinite(arr: np.ndarray, reverse: bool = False) -> int | None:
-    ok = np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
+    ok = np.concatenate([np.isfinite(arr[s : s + 256]).reshape(min(256, arr.shape[0] - s), -1).all(axis=1)
+                         for s in range(0, arr.shape[0], 256)])
     if ok.all():
         return None
     bad = np.nonzero(~ok)[0]
@@ -307,7 +322,7 @@ def analyze(
         med = np.median(log_last, axis=1)
         fit = fit_decay(med)
         jfit = fit_decay(np.median(log_prod, axis=1))
-        grad_norm = np.linalg.norm(lt.grad_h.astype(np.float64), axis=2)  # (T, B)
+        grad_norm = _step_norms(lt.grad_h)  # (T, B)
         flow = GradientFlow(lt.layer, grad_norm, log_last, log_prod, log_step, tuple(int(b) for b in batch), fit,
                             jfit, horizon(med, horizon_factor, fit.rate),
                             per_sequence_horizon(log_last, horizon_factor),
@@ -326,8 +341,7 @@ def analyze(
     worst = max(layers, key=lambda ld: SEVERITY[ld.verdict])
     verdict = worst.verdict
     detail = worst.detail if len(layers) == 1 else f"layer {worst.layer}: {worst.detail}"
-    global_norm = float(math.sqrt(sum(float((g.astype(np.float64) ** 2).sum())
-                                      for g in trace.param_grads.values())))
+    global_norm = _global_norm(trace.param_grads)
     clip = _suggested_clip(model, x, grad_h, trace, state0) if verdict == "exploding" else None
     caveats = _caveats(model, layers, verdict, T)
     notes = []
@@ -376,7 +390,7 @@ def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
         s0 = (h0, np.stack([lt.c[T - w - 1] for lt in trace.layers])) if model.cell == "lstm" else h0
     with np.errstate(all="ignore"):
         tr = bptt(model, x[T - w :], grad_h[T - w :], s0)
-    norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in tr.param_grads.values()))
+    norm = _global_norm(tr.param_grads)
     return norm if math.isfinite(norm) and norm > 0 else None
 
 

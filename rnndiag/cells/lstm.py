@@ -74,9 +74,10 @@ def forward(pre, h0, c0, w_hh, b_hh) -> dict[str, np.ndarray]:
     T, B, G = pre.shape
     H = G // 4
     dtype = pre.dtype
-    # h, c and tanh(c_t) (kept for backward and the Jacobians) in one allocation: first-touching fresh memory is
-    # a good part of the run time, and one large block faults in faster than several (huge pages)
-    h, c, tc = np.empty((3, T, B, H), dtype)
+    # h and c in one allocation: first-touching fresh memory is a good part of the run time, and one large block
+    # faults in faster than several (huge pages). tanh(c_t) is not kept: backward and the Jacobians recompute it
+    # (one tanh per step), which keeps the trace and the BPTT peak one (T, B, H) array smaller.
+    h, c = np.empty((2, T, B, H), dtype)
     i, f, g, o = (pre[:, :, k * H : (k + 1) * H] for k in range(4))  # (T, B, H) views of each gate
     one, half = _gate_vectors(H, dtype)
     sig_offset = one * 0.5  # 1/2 on the sigmoid gates, 0 on g
@@ -95,10 +96,10 @@ def forward(pre, h0, c0, w_hh, b_hh) -> dict[str, np.ndarray]:
         np.multiply(f[t], c_prev, out=c[t])
         np.multiply(i[t], g[t], out=ig)
         c[t] += ig
-        np.tanh(c[t], out=tc[t])
-        np.multiply(o[t], tc[t], out=h[t])
+        np.tanh(c[t], out=h[t])
+        h[t] *= o[t]
         h_prev, c_prev = h[t], c[t]
-    return {"h": h, "c": c, "tc": tc, "gates": pre}
+    return {"h": h, "c": c, "gates": pre}
 
 
 def backward(arrays, h0, c0, w_hh, grad_h) -> dict[str, np.ndarray]:
@@ -111,7 +112,7 @@ def backward(arrays, h0, c0, w_hh, grad_h) -> dict[str, np.ndarray]:
         dh_{t-1} = grad_h[t-1] + da_t @ W_hh
     """
     del h0
-    h, c, tc, gates = arrays["h"], arrays["c"], arrays["tc"], arrays["gates"]
+    h, c, gates = arrays["h"], arrays["c"], arrays["gates"]
     T, B, H = h.shape
     dtype = h.dtype
     total_h, total_c = np.empty((2, T, B, H), dtype)  # one allocation, as in forward
@@ -126,11 +127,13 @@ def backward(arrays, h0, c0, w_hh, grad_h) -> dict[str, np.ndarray]:
     tmp = np.empty((B, H), dtype)
     rec = np.empty((B, H), dtype)
     mult = np.empty((B, 4, H), dtype)  # what each gate's derivative is multiplied by
+    tct = np.empty((B, H), dtype)  # tanh(c_t), recomputed
     for t in range(T - 1, -1, -1):
         dh, dc = total_h[t], total_c[t]  # dh is complete; dc holds f_{t+1} dc_{t+1}
         c_prev = c0 if t == 0 else c[t - 1]
+        np.tanh(c[t], out=tct)
         # dc += dh o (1 - tanh^2 c) = dh (o - h tanh c)
-        np.multiply(h[t], tc[t], out=tmp)
+        np.multiply(h[t], tct, out=tmp)
         np.subtract(o[t], tmp, out=tmp)
         tmp *= dh
         dc += tmp
@@ -143,7 +146,7 @@ def backward(arrays, h0, c0, w_hh, grad_h) -> dict[str, np.ndarray]:
         np.multiply(g[t], dc, out=mult[:, 0])
         np.multiply(c_prev, dc, out=mult[:, 1])
         np.multiply(i[t], dc, out=mult[:, 2])
-        np.multiply(tc[t], dh, out=mult[:, 3])
+        np.multiply(tct, dh, out=mult[:, 3])
         da *= mult.reshape(B, 4 * H)
         # to step t-1: dc_{t-1} gets f dc; dh_{t-1} gets W_hh^T da (one (B, 4H) @ (4H, H) product)
         if t > 0:
@@ -168,7 +171,7 @@ def _factors(arrays, c0, t):
     gt = arrays["gates"][t]
     H = gt.shape[1] // 4
     i, f, g, o = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H : 3 * H], gt[:, 3 * H :]
-    tct = arrays["tc"][t]
+    tct = np.tanh(arrays["c"][t])
     c_prev = _prev(arrays["c"], c0, t)
     k_i = g * i * (1.0 - i)
     k_f = c_prev * f * (1.0 - f)
