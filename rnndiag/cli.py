@@ -421,6 +421,8 @@ def _common_options(fn):
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
         click.option("--optimizer", type=click.Choice(("adam", "sgd")), default="adam", show_default=True),
+        click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True,
+                     help="SGD momentum (0: plain SGD, as in the seed tutorial)."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
                      help="Report folder. [default: reports/<command>-<cell>-<YYYYmmdd-HHMMSS>/]"),
         click.option("--format", "formats", default="html,png,json", show_default=True,
@@ -459,7 +461,7 @@ def _emit(kind, title, headline, reasons, columns, rows, config, command, metric
 
     metrics = {"rnndiag_version": __version__, **metrics, "command": command}
     files: dict[str, bytes] = {}
-    pngs = {name: png_bytes(fig) for name, fig in figs.items()} if {"png", "html"} & set(formats) else {}
+    pngs = {name: png_bytes(fig) for name, fig in figs().items()} if {"png", "html"} & set(formats) else {}
     if "png" in formats:
         files.update({f"{n}.png": d for n, d in pngs.items()})
     if "html" in formats:
@@ -487,7 +489,7 @@ def _base_cmd(kind: str, opts, extra: list[str]) -> str:
     parts = ["rnndiag", kind, "--cell", opts["cell"], "--hidden-size", str(opts["hidden_size"]), "--num-layers",
              str(opts["num_layers"]), "--seed", str(opts["seed"]), "--task", opts["task"], "--seq-len",
              str(opts["seq_len"]), "--batch-size", str(opts["batch_size"]), "--lr", repr(opts["lr"]),
-             "--optimizer", opts["optimizer"]]
+             "--optimizer", opts["optimizer"], "--momentum", repr(opts["momentum"])]
     if opts["gain"] is not None:
         parts += ["--gain", repr(opts["gain"])]
     if opts["forget_bias"] is not None:
@@ -533,7 +535,7 @@ def init_cmd(**opts):
                             batch_size=opts["batch_size"], seed=opts["seed"], gain=opts["gain"],
                             forget_bias=opts["forget_bias"], train_steps=opts["train_steps"],
                             train_kwargs={"lr": opts["lr"], "optimizer": opts["optimizer"],
-                                          "batch_size": opts["batch_size"]},
+                                          "momentum": opts["momentum"], "batch_size": opts["batch_size"]},
                             progress=_progress_printer(console))
     except (ValueError, TypeError) as exc:
         raise InputError(_one_line(exc)) from None
@@ -573,7 +575,7 @@ def init_cmd(**opts):
               ("task", f"{opts['task']}, T = {opts['seq_len']}"), ("seed", opts["seed"]),
               ("train steps", opts["train_steps"])]
     _emit("init", f"{opts['cell']} on {opts['task']}", headline, reasons, columns, rows, config, cmd, cmp.to_dict(),
-          init_figures(cmp), formats, out, opts, json_path, console)
+          lambda: init_figures(cmp), formats, out, opts, json_path, console)
 
 
 def _print_table(console, title, columns, rows):
@@ -620,7 +622,8 @@ def clip_cmd(**opts):
         strategies = parse_strategies(opts["strategies"])
         model = _fresh_model(opts, opts["init_name"])
         base = TrainConfig(task=opts["task"], seq_len=opts["seq_len"], batch_size=opts["batch_size"],
-                           steps=opts["steps"], optimizer=opts["optimizer"], lr=opts["lr"], seed=opts["seed"])
+                           steps=opts["steps"], optimizer=opts["optimizer"], lr=opts["lr"],
+                           momentum=opts["momentum"], seed=opts["seed"])
         cmp = compare_clipping(model, strategies, base, progress=_progress_printer(console))
     except (ValueError, TypeError) as exc:
         raise InputError(_one_line(exc)) from None
@@ -640,7 +643,7 @@ def clip_cmd(**opts):
               ("optimizer", f"{opts['optimizer']}, lr {opts['lr']:g}"), ("steps", opts["steps"]),
               ("seed", opts["seed"])]
     _emit("clip", f"{opts['cell']} on {opts['task']}", headline, cmp.reasons, columns, rows, config, cmd,
-          cmp.to_dict(), clip_figures(cmp), formats, out, opts, json_path, console)
+          cmp.to_dict(), lambda: clip_figures(cmp), formats, out, opts, json_path, console)
 
 
 @main.command("train")
@@ -684,7 +687,8 @@ def train_cmd(**opts):
     try:
         model = _fresh_model(opts, opts["init_name"])
         cfg = TrainConfig(task=opts["task"], seq_len=opts["seq_len"], batch_size=opts["batch_size"],
-                          steps=opts["steps"], optimizer=opts["optimizer"], lr=opts["lr"], clip=clip_name,
+                          steps=opts["steps"], optimizer=opts["optimizer"], lr=opts["lr"],
+                          momentum=opts["momentum"], clip=clip_name,
                           clip_threshold=clip_thr, seed=opts["seed"], schedule=opts["schedule"],
                           diag_points=opts["diag_points"],
                           checkpoint_every=opts["checkpoint_every"] if opts["checkpoint"] else 0)
@@ -720,6 +724,7 @@ def train_cmd(**opts):
               ("optimizer", f"{opts['optimizer']}, lr {opts['lr']:g}"), ("clipping", opts["clip_spec"]),
               ("steps", opts["steps"]), ("seed", opts["seed"])]
     _emit("train", f"{model.describe()} on {opts['task']}", headline, [], columns, rows, config, cmd,
-          {"cell": model.cell, **result.to_dict()}, train_figures(result), formats, out, opts, json_path, console)
+          {"cell": model.cell, **result.to_dict()}, lambda: train_figures(result), formats, out, opts, json_path,
+          console)
     if h.stopped:
         sys.exit(1)

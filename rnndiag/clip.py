@@ -101,8 +101,8 @@ class ClipStats:
     strategy: str
     threshold: float | None
     fraction_clipped: float
-    mean_cosine: float  # between clipped and unclipped gradient, over clipped iterations (1 when none)
-    min_cosine: float
+    mean_cosine: float | None  # between clipped and unclipped gradient, over clipped iterations (None: never)
+    min_cosine: float | None
     norms: np.ndarray = field(repr=False)  # pre-clip global norm per iteration
     suggested_threshold: float | None
 
@@ -131,7 +131,11 @@ def suggest_threshold(norms, percentile: float = 90.0) -> float | None:
 def clip_stats(strategy: str, threshold, norms, fired, cosines) -> ClipStats:
     norms = np.asarray(norms, dtype=np.float64)
     fired = np.asarray(fired, dtype=bool)
-    cos = np.asarray(cosines, dtype=np.float64)[fired] if fired.any() else np.ones(1)
-    return ClipStats(strategy, threshold, float(fired.mean()) if fired.size else 0.0, float(cos.mean()),
-                     float(cos.min()), norms, suggest_threshold(norms))
+    if fired.any():
+        cos = np.asarray(cosines, dtype=np.float64)[fired]
+        mean_cos, min_cos = float(cos.mean()), float(cos.min())
+    else:  # never clipped: no direction change to measure (not the same as "clipped without turning")
+        mean_cos = min_cos = None
+    return ClipStats(strategy, threshold, float(fired.mean()) if fired.size else 0.0, mean_cos, min_cos, norms,
+                     suggest_threshold(norms))
 

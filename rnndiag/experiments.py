@@ -57,17 +57,17 @@ class InitResult:
         return None if self.trained is None else self.trained.test_loss
 
     def to_dict(self) -> dict:
-        d = {"scheme": self.scheme, "label": self.label, "at_init": _summary(self.at_init), "note": self.note}
+        d = {"scheme": self.scheme, "label": self.label, "at_init": summarize(self.at_init), "note": self.note}
         if self.trained is not None:
             h = self.trained.history
             d["training"] = {"steps": h.iterations, "final_test_loss": finite_or_none(self.final_loss),
                              "baseline": self.trained.baseline, "diverged": self.trained.diverged,
                              "stopped": h.stopped, "loss": h.loss}
-            d["after_training"] = _summary(self.after) if self.after is not None else None
+            d["after_training"] = summarize(self.after) if self.after is not None else None
         return d
 
 
-def _summary(d: Diagnosis) -> dict:
+def summarize(d: Diagnosis) -> dict:
     ld = d.layers[0]
     gs = ld.gates
     sat = {k: s.left_saturated + s.right_saturated for k, s in gs.gates.items() if s.kind == "sigmoid"}
@@ -122,7 +122,7 @@ def compare_inits(cell: str, input_size: int, hidden_size: int, *, schemes, num_
             if not trained.diverged:
                 after = diagnose_on_task(trained.model, task, seq_len, batch_size, seed, trained.readout_w,
                                          trained.readout_b)
-            note = _learning_note(at_init, after, trained)
+            note = learning_note(at_init, after, trained)
         results.append(InitResult(scheme, model.init, at_init, trained, after, note))
     if train_steps > 0:
         rule = "final test loss on held-out data, lowest first (diverged runs last)"
@@ -136,7 +136,7 @@ def compare_inits(cell: str, input_size: int, hidden_size: int, *, schemes, num_
     return InitComparison(cell, input_size, hidden_size, num_layers, task, seq_len, seed, tuple(results), rule)
 
 
-def _learning_note(at_init: Diagnosis, after: Diagnosis | None, trained: TrainResult) -> str | None:
+def learning_note(at_init: Diagnosis, after: Diagnosis | None, trained: TrainResult) -> str | None:
     if trained.diverged:
         return f"training diverged: {trained.history.stopped}"
     base, final = trained.baseline, trained.test_loss
@@ -190,6 +190,10 @@ class ClipComparison:
                          "runs": [r.to_dict() for r in self.runs]})
 
 
+def base_steps(run: ClipRun) -> int:
+    return run.trained.history.iterations
+
+
 def parse_strategies(text: str) -> list[tuple[str, float | None]]:
     """``"none,global_norm:1,value:5"`` -> ``[("none", None), ("global_norm", 1.0), ("value", 5.0)]``."""
     from .clip import STRATEGIES, Clipper
@@ -228,7 +232,8 @@ def compare_clipping(model: RNNModel, strategies, base: TrainConfig,
         cos = [c for c, f in zip(h.cosine, h.clipped)]
         stats = clip_stats(name, thr, h.grad_norm, h.clipped, cos)
         tail = np.asarray(h.loss[-max(1, len(h.loss) // 5):], dtype=float)
-        osc = float(tail.std() / tail.mean()) if tail.size and tail.mean() > 0 else math.inf
+        with np.errstate(over="ignore", invalid="ignore"):
+            osc = float(tail.std() / tail.mean()) if tail.size and tail.mean() > 0 else math.inf
         runs.append(ClipRun(name, thr, res, stats, osc))
     ok = [r for r in runs if not r.trained.diverged and r.trained.test_loss is not None]
     reasons = []
@@ -239,13 +244,18 @@ def compare_clipping(model: RNNModel, strategies, base: TrainConfig,
         return ClipComparison(model.cell, base.task, base.seq_len, base.seed, tuple(runs), None,
                               (*reasons, "every run diverged: lower the learning rate or the recurrent gain"))
     best = min(ok, key=lambda r: r.trained.test_loss)
+    baseline = best.trained.baseline
+    if baseline is not None and best.trained.test_loss >= LEARNED_FRACTION * baseline:
+        reasons.insert(0, f"no strategy learned the task in {base_steps(best)} iterations (every test loss is above "
+                          f"{LEARNED_FRACTION:g} x the baseline {baseline:.4g}); the ranking below says which trained "
+                          "most stably, not which works -- train longer or change the model first")
     reasons.append(f"{best.label} reached the lowest test loss {best.trained.test_loss:.4g} "
                    f"(baseline {best.trained.baseline:.4g}), clipping {100 * best.stats.fraction_clipped:.0f}% of "
                    f"the iterations")
     for r in ok:
         if r is best:
             continue
-        if r.strategy == "value" and r.stats.fraction_clipped > 0:
+        if r.strategy == "value" and r.stats.mean_cosine is not None:
             reasons.append(f"{r.label} turned the gradient's direction (mean cosine {r.stats.mean_cosine:.3f} when "
                            f"it fired) and ended at {r.trained.test_loss:.4g}")
         elif r.strategy == "none":

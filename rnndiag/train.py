@@ -217,7 +217,8 @@ def train(
 
     ``checkpoint``: where to save every ``config.checkpoint_every`` iterations (and at the end); ``resume``: a
     checkpoint to continue from (its model, readout, optimizer state and history replace the arguments').
-    ``progress(i, loss, grad_norm)`` is called every iteration. ``stop_after`` ends the run after that many
+    ``progress(i, loss, grad_norm)`` is called every iteration; returning ``False`` ends the run there (early
+    stopping). ``stop_after`` ends the run after that many
     iterations in this call (for tests of resuming).
     """
     cfg = config
@@ -257,8 +258,9 @@ def train(
         if new_bad:
             history.stopped = f"iteration {i}: parameter {new_bad[0]} became non-finite after the update"
             break
-        if progress is not None:
-            progress(i, float(loss), total)
+        if progress is not None and progress(i, float(loss), total) is False:  # the caller asked to stop
+            done_here += 1
+            break
         done_here += 1
         if checkpoint is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0:
             save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)

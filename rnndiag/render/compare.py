@@ -12,6 +12,12 @@ def _color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
 
+def _finite(a) -> np.ndarray:
+    """Values to draw: non-finite and absurdly large ones (a blown-up loss) become gaps."""
+    a = np.asarray(a, dtype=float)
+    return np.where(np.isfinite(a) & (np.abs(a) < 1e100), a, np.nan)
+
+
 def _loss_axes(ax, baseline):
     if baseline is not None:
         ax.axhline(baseline, color="grey", ls=":", lw=1, label=f"baseline {baseline:.3g}")
@@ -51,7 +57,7 @@ def init_figures(cmp) -> dict:
         fig, ax = _new()
         for i, r in enumerate(cmp.results):
             if r.trained is not None and r.trained.history.loss:
-                loss = np.asarray(r.trained.history.loss)
+                loss = _finite(r.trained.history.loss)
                 t, yy = thin(np.arange(loss.size), loss)
                 ax.plot(t, yy, color=_color(i), lw=1, label=r.scheme)
         _loss_axes(ax, cmp.results[0].trained.baseline if cmp.results[0].trained else None)
@@ -64,7 +70,7 @@ def clip_figures(cmp) -> dict:
     figs = {}
     fig, ax = _new()
     for i, r in enumerate(cmp.runs):
-        loss = np.asarray(r.trained.history.loss)
+        loss = _finite(r.trained.history.loss)
         if loss.size:
             t, yy = thin(np.arange(loss.size), loss)
             ax.plot(t, yy, color=_color(i), lw=1, label=r.label + (" (diverged)" if r.trained.diverged else ""))
@@ -92,7 +98,8 @@ def clip_figures(cmp) -> dict:
     ax.set_ylim(0, 1)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax2 = ax.twinx()
-    ax2.plot(labels, [r.stats.mean_cosine for r in cmp.runs], "ko-", ms=4, label="mean cosine clipped vs unclipped")
+    cosines = [np.nan if r.stats.mean_cosine is None else r.stats.mean_cosine for r in cmp.runs]
+    ax2.plot(labels, cosines, "ko-", ms=4, label="mean cosine clipped vs unclipped (gap: never clipped)")
     ax2.set_ylim(0, 1.05)
     ax2.set_ylabel("cosine")
     ax2.legend(fontsize=7, loc="lower right")
@@ -106,7 +113,7 @@ def train_figures(result) -> dict:
     h = result.history
     fig, ax = _new()
     if h.loss:
-        loss = np.asarray(h.loss)
+        loss = _finite(h.loss)
         t, yy = thin(np.arange(loss.size), loss)
         ax.plot(t, yy, lw=1, color=_color(0), label="training loss")
         tests = [(d["iteration"], d["test_loss"]) for d in h.diag if d.get("test_loss") is not None]
@@ -117,8 +124,8 @@ def train_figures(result) -> dict:
     figs["loss"] = fig
     fig, ax = _new()
     if h.grad_norm:
-        g = np.asarray(h.grad_norm)
-        t, g1, g2 = thin(np.arange(g.size), g, np.asarray(h.grad_norm_clipped))
+        g = _finite(h.grad_norm)
+        t, g1, g2 = thin(np.arange(g.size), g, _finite(h.grad_norm_clipped))
         ax.plot(t, g1, lw=0.8, color=_color(1), label="before clipping")
         ax.plot(t, g2, lw=0.8, color=_color(0), label="after clipping")
         ax.set_yscale("log")
