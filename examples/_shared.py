@@ -12,9 +12,8 @@ import math
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from rnndiag.render import terminal
 from rnndiag.render.output import write_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,12 +48,7 @@ def write_json_report(out: Path, metrics: dict, figures: dict | None = None) -> 
 
 
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
-    table = Table(title=Text(title), expand=False)
-    for c in columns:
-        table.add_column(c)
-    for row in rows:
-        table.add_row(*[Text(str(v)) for v in row])
-    console.print(table)
+    terminal.print_table(console, title, columns, rows)
 
 
 def fmt(v, spec: str = ".3g") -> str:

@@ -579,14 +579,9 @@ def init_cmd(**opts):
 
 
 def _print_table(console, title, columns, rows):
-    from rich.table import Table
+    from .render.terminal import print_table
 
-    table = Table(title=Text(title), expand=False)
-    for c in columns:
-        table.add_column(c)
-    for row in rows:
-        table.add_row(*[Text(str(v)) for v in row])
-    console.print(table)
+    print_table(console, title, columns, rows)
 
 
 def _fresh_model(opts, init_name: str):

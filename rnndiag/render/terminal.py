@@ -55,3 +55,13 @@ def summary(console: Console, diag, report_path: str | None = None) -> None:
                 console.print(Text(f"  - {item}"))
     if report_path:
         console.print(Text("report: ", style="bold").append(report_path))
+
+
+def print_table(console: Console, title: str, columns, rows) -> None:
+    """A plain rich table of strings (every cell printed as text, never as markup)."""
+    table = Table(title=Text(title), expand=False)
+    for c in columns:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*[Text(str(v)) for v in row])
+    console.print(table)
