@@ -6,6 +6,9 @@
   repeat the 10 symbols over the last 10 steps; one-hot input of 10 channels (0 blank, 1-8 symbols, 9 delimiter);
   cross-entropy over those 10 steps. A memoryless predictor scores 10 ln 8 / (T + 20) per step.
 * ``sine``: a sine wave with random frequency and phase; predict the next value at every step (MSE).
+* ``text``: character-level language modelling on a text file (default: the public-domain Gettysburg Address
+  shipped in ``examples/data/``): one-hot characters in, the next character out at every step, cross-entropy. A
+  memoryless (unigram) predictor scores the text's character entropy.
 * ``noise``: standard normal inputs and no loss of its own (the analysis uses its probe loss).
 """
 
@@ -13,12 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from ._validation import check_positive_int, make_rng
 
-TASKS = ("adding", "copy", "sine", "noise")
+TASKS = ("adding", "copy", "sine", "text", "noise")
+DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "gettysburg.txt"
 COPY_SYMBOLS, COPY_LENGTH = 8, 10
 
 
@@ -38,7 +44,32 @@ class TaskBatch:
 
 
 def input_size(task: str) -> int:
-    return {"adding": 2, "copy": COPY_SYMBOLS + 2, "sine": 1, "noise": 1}[check_task(task)]
+    task = check_task(task)
+    if task == "text":
+        return len(text_vocab())
+    return {"adding": 2, "copy": COPY_SYMBOLS + 2, "sine": 1, "noise": 1}[task]
+
+
+@lru_cache(maxsize=8)
+def load_text(path: str | None = None) -> str:
+    """The text of ``path`` (default: the shipped Gettysburg Address), checked: readable UTF-8, >= 2 characters."""
+    p = Path(path) if path is not None else DEFAULT_TEXT
+    if not p.exists():
+        where = "the shipped examples/data/gettysburg.txt (install from a source checkout)" if path is None else \
+            f"{str(p)!r}"
+        raise FileNotFoundError(f"text file {where} does not exist; pass a text file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"text file {str(p)!r} is not readable UTF-8 text ({type(exc).__name__})") from None
+    if len(text) < 2:
+        raise ValueError(f"text file {str(p)!r} has {len(text)} characters; a language model needs at least 2")
+    return text
+
+
+def text_vocab(path: str | None = None) -> str:
+    """The sorted distinct characters of the text: the one-hot alphabet."""
+    return "".join(sorted(set(load_text(path))))
 
 
 def check_task(task: str) -> str:
@@ -82,6 +113,21 @@ def make_task(task: str, seq_len: int, batch_size: int, seed=None, *, input_size
         phase = rng.uniform(0, 2 * math.pi, B)[None, :]
         wave = np.sin(2 * math.pi * freq * t + phase)
         return TaskBatch(task, wave[:-1, :, None].astype(dtype), wave[1:], 0.5, "all")
+    if task == "text":
+        text = load_text(None)
+        vocab = text_vocab(None)
+        if T + 1 > len(text):
+            raise ValueError(f"seq_len {T} is too long for a text of {len(text)} characters; use at most "
+                             f"{len(text) - 1}")
+        index = {ch: i for i, ch in enumerate(vocab)}
+        codes = np.fromiter((index[ch] for ch in text), dtype=np.int64, count=len(text))
+        starts = rng.integers(0, len(text) - T, B)
+        windows = codes[starts[None, :] + np.arange(T + 1)[:, None]]  # (T + 1, B)
+        x = np.zeros((T, B, len(vocab)), dtype)
+        np.put_along_axis(x, windows[:-1, :, None], 1.0, axis=2)
+        counts = np.bincount(codes, minlength=len(vocab)) / len(codes)
+        entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
+        return TaskBatch(task, x, windows[1:], entropy, "all")
     size = 1 if input_size is None else check_positive_int(input_size, "input_size")
     return TaskBatch(task, rng.standard_normal((T, B, size)).astype(dtype), None, None, "all")
 
@@ -127,6 +173,18 @@ def task_loss_grads(batch: TaskBatch, h: np.ndarray, w: np.ndarray, b: np.ndarra
         grad_h[-COPY_LENGTH:] = d @ w
         return (float(nll.sum() / (B * T)), grad_h, d.reshape(-1, d.shape[2]).T @ hs.reshape(-1, H),
                 d.sum(axis=(0, 1)))
+    if batch.name == "text":
+        logits = h @ w.T + b  # (T, B, V)
+        logits = logits - logits.max(axis=2, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=2, keepdims=True)
+        tgt = batch.targets  # (T, B)
+        nll = -np.log(np.take_along_axis(p, tgt[:, :, None], axis=2)[:, :, 0])
+        d = p
+        np.put_along_axis(d, tgt[:, :, None], np.take_along_axis(d, tgt[:, :, None], axis=2) - 1.0, axis=2)
+        d /= B * T  # mean over every step and the batch
+        grad_h[:] = d @ w
+        return float(nll.mean()), grad_h, d.reshape(-1, d.shape[2]).T @ h.reshape(-1, H), d.sum(axis=(0, 1))
     if batch.name == "sine":
         y = h @ w.T + b  # (T, B, 1)
         err = y[:, :, 0] - batch.targets
@@ -137,4 +195,7 @@ def task_loss_grads(batch: TaskBatch, h: np.ndarray, w: np.ndarray, b: np.ndarra
 
 
 def out_size(task: str) -> int:
-    return {"adding": 1, "copy": COPY_SYMBOLS, "sine": 1}[check_task(task)]
+    task = check_task(task)
+    if task == "text":
+        return len(text_vocab())
+    return {"adding": 1, "copy": COPY_SYMBOLS, "sine": 1}[task]

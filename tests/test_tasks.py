@@ -255,3 +255,54 @@ def test_adding_needs_two_steps():
 def test_bad_seed(seed):
     with pytest.raises(ValueError, match="seed"):
         make_task("adding", 5, 2, seed=seed)
+
+
+# -- text: character-level language modelling -----------------------------------------------------------------------
+def test_text_task_layout_and_baseline():
+    from rnndiag.tasks import load_text, out_size, text_vocab
+
+    text, vocab = load_text(), text_vocab()
+    assert "Four score and seven years ago" in text
+    tb = make_task("text", 30, 5, 0)
+    assert tb.x.shape == (30, 5, len(vocab)) and tb.targets.shape == (30, 5)
+    assert np.array_equal(tb.x.sum(axis=2), np.ones((30, 5)))  # one-hot
+    assert np.array_equal(tb.x[1:].argmax(axis=2), tb.targets[:-1])  # the target is the next character
+    for b in range(5):  # every window is a real piece of the text
+        window = "".join(vocab[i] for i in tb.x[:, b].argmax(axis=1)) + vocab[tb.targets[-1, b]]
+        assert window in text
+    counts = np.array([text.count(ch) for ch in vocab]) / len(text)
+    assert tb.baseline == pytest.approx(float(-(counts * np.log(counts)).sum()), rel=1e-12)
+    assert out_size("text") == len(vocab)
+    # a readout predicting uniformly scores ln V
+    h = np.random.default_rng(0).standard_normal((30, 5, 4))
+    w, b = np.zeros((len(vocab), 4)), np.zeros(len(vocab))
+    assert task_loss_grads(tb, h, w, b)[0] == pytest.approx(np.log(len(vocab)), rel=1e-12)
+
+
+def test_text_task_gradients_match_finite_differences():
+    from rnndiag.tasks import out_size
+
+    tb = make_task("text", 6, 2, 1)
+    rng = np.random.default_rng(2)
+    h = rng.standard_normal((6, 2, 3))
+    w, b = readout(3, out_size("text"), seed=3)
+    _, gh, gw, gb = task_loss_grads(tb, h, w, b)
+    for arr, g in ((h, gh), (w, gw), (b, gb)):
+        num = np.zeros_like(arr)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + 1e-6
+            lp = task_loss_grads(tb, h, w, b)[0]
+            arr[i] = old - 1e-6
+            lm = task_loss_grads(tb, h, w, b)[0]
+            arr[i] = old
+            num[i] = (lp - lm) / 2e-6
+        assert np.abs(num - g).max() <= 1e-6 * max(1.0, np.abs(num).max())
+
+
+def test_text_task_rejects_a_sequence_longer_than_the_text():
+    from rnndiag.tasks import load_text
+
+    n = len(load_text())
+    with pytest.raises(ValueError, match="too long for a text"):
+        make_task("text", n, 2, 0)
