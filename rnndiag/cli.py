@@ -157,7 +157,8 @@ def main():
               help="Seed of the weights, the task data and the probe.")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
               help="Inputs as a .npy array of shape (T, B, I) instead of a task.")
-@click.option("--task", type=click.Choice(("adding", "copy", "sine", "text", "noise"), case_sensitive=False),
+@click.option("--task", type=click.Choice(("adding", "adding_hs97", "copy", "sine", "text", "noise"),
+                                         case_sensitive=False),
               default=None,
               help="Generated inputs (and their loss on a seeded readout). [default: adding; noise if the model's "
                    "input size does not fit the task]")
@@ -310,7 +311,7 @@ def _build_input(opts, model):
         task_batch = None
     else:
         task = opts["task"] or DEMO["task"]
-        if task in ("adding", "copy", "sine", "text") and task_input_size(task) != model.input_size:
+        if task != "noise" and task_input_size(task) != model.input_size:
             if opts["task"] is not None:
                 raise InputError(f"task {task} feeds {task_input_size(task)} input channels but the model takes "
                                  f"{model.input_size}; use --task noise or --input FILE.npy")
@@ -416,7 +417,8 @@ def _common_options(fn):
                      help="Gain of the init (orthogonal, xavier, kaiming) or scale of identity."),
         click.option("--forget-bias", type=float, default=None, help="LSTM forget-gate bias."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option("--task", type=click.Choice(("adding", "copy", "sine", "text"), case_sensitive=False),
+        click.option("--task", type=click.Choice(("adding", "adding_hs97", "copy", "sine", "text"),
+                                                 case_sensitive=False),
                      default="adding",
                      show_default=True, help="Task to diagnose and train on."),
         click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True),

@@ -2,6 +2,10 @@
 
 * ``adding`` (Arjovsky et al. 2016 form): channel 0 ~ U[0, 1], channel 1 marks one position in each half of the
   sequence; target = the sum of the two marked values; loss MSE at the last step. Predicting 1 scores 1/6.
+* ``adding_hs97``: the original form (Hochreiter & Schmidhuber 1997, experiment 4): channel 0 ~ U[-1, 1]; channel
+  1 marks one of the first ten steps (X1; zero if it is the very first step) and one other of the first T/2 - 1
+  (X2), and is -1 at the first and last step, 0 elsewhere; target 0.5 + (X1 + X2)/4. Sequences here have the fixed
+  length T (the paper draws lengths in [T, T + T/10]). Predicting 0.5 scores (0.3 + 1/3)/16 = 0.0396.
 * ``copy`` (Arjovsky et al. 2016): 10 symbols from 8, then T-1 blanks, a delimiter, 10 blanks; the output must
   repeat the 10 symbols over the last 10 steps; one-hot input of 10 channels (0 blank, 1-8 symbols, 9 delimiter);
   cross-entropy over those 10 steps. A memoryless predictor scores 10 ln 8 / (T + 20) per step.
@@ -23,7 +27,7 @@ import numpy as np
 
 from ._validation import check_positive_int, make_rng
 
-TASKS = ("adding", "copy", "sine", "text", "noise")
+TASKS = ("adding", "adding_hs97", "copy", "sine", "text", "noise")
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "gettysburg.txt"
 COPY_SYMBOLS, COPY_LENGTH = 8, 10
 
@@ -47,7 +51,7 @@ def input_size(task: str) -> int:
     task = check_task(task)
     if task == "text":
         return len(text_vocab())
-    return {"adding": 2, "copy": COPY_SYMBOLS + 2, "sine": 1, "noise": 1}[task]
+    return {"adding": 2, "adding_hs97": 2, "copy": COPY_SYMBOLS + 2, "sine": 1, "noise": 1}[task]
 
 
 @lru_cache(maxsize=8)
@@ -97,6 +101,25 @@ def make_task(task: str, seq_len: int, batch_size: int, seed=None, *, input_size
         x[i2, np.arange(B), 1] = 1.0
         target = x[i1, np.arange(B), 0] + x[i2, np.arange(B), 0]
         return TaskBatch(task, x.astype(dtype), target, 1.0 / 6.0, "last")
+    if task == "adding_hs97":
+        if T < 4:
+            raise ValueError("seq_len must be >= 4 for the adding_hs97 task (markers among the first T/2 - 1 steps)")
+        x = np.zeros((T, B, 2))
+        x[:, :, 0] = rng.uniform(-1, 1, (T, B))
+        x[0, :, 1] = -1.0
+        x[T - 1, :, 1] = -1.0
+        cols = np.arange(B)
+        i1 = rng.integers(0, min(10, T - 1), B)
+        # X2: one of the first T/2 - 1 steps other than i1
+        span = max(T // 2 - 1, 2)
+        i2 = rng.integers(0, span - 1, B)
+        i2 = np.where(i2 >= i1, i2 + 1, i2)
+        x[i1, cols, 1] = 1.0
+        x[i2, cols, 1] = 1.0
+        x1 = np.where(i1 == 0, 0.0, x[i1, cols, 0])
+        x[i1, cols, 0] = x1  # "in the rare case where the first pair gets marked, we set X1 to zero"
+        target = 0.5 + (x1 + x[i2, cols, 0]) / 4.0
+        return TaskBatch(task, x.astype(dtype), target, (0.3 + 1.0 / 3.0) / 16.0, "last")
     if task == "copy":
         total = T + 2 * COPY_LENGTH
         sym = rng.integers(1, COPY_SYMBOLS + 1, (COPY_LENGTH, B))
@@ -153,7 +176,7 @@ def task_loss_grads(batch: TaskBatch, h: np.ndarray, w: np.ndarray, b: np.ndarra
     """
     T, B, H = h.shape
     grad_h = np.zeros(h.shape, dtype=np.float64)
-    if batch.name == "adding":
+    if batch.name in ("adding", "adding_hs97"):
         y = h[-1] @ w.T + b  # (B, 1)
         err = y[:, 0] - batch.targets
         dy = (2.0 / B) * err[:, None]  # (B, 1)
@@ -198,4 +221,4 @@ def out_size(task: str) -> int:
     task = check_task(task)
     if task == "text":
         return len(text_vocab())
-    return {"adding": 1, "copy": COPY_SYMBOLS, "sine": 1}[task]
+    return {"adding": 1, "adding_hs97": 1, "copy": COPY_SYMBOLS, "sine": 1}[task]

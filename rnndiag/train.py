@@ -56,8 +56,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # iterations between checkpoints (0: never)
 
     def __post_init__(self):
-        if self.task not in ("adding", "copy", "sine", "text"):
-            raise ValueError(f"task must be adding, copy, sine or text for training; got {self.task!r}")
+        if self.task not in ("adding", "adding_hs97", "copy", "sine", "text"):
+            raise ValueError(f"task must be adding, adding_hs97, copy, sine or text for training; got {self.task!r}")
         for name in ("seq_len", "batch_size", "steps", "diag_points", "eval_batch"):
             check_positive_int(getattr(self, name), name)
         if self.optimizer not in OPTIMIZERS:

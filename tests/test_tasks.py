@@ -306,3 +306,23 @@ def test_text_task_rejects_a_sequence_longer_than_the_text():
     n = len(load_text())
     with pytest.raises(ValueError, match="too long for a text"):
         make_task("text", n, 2, 0)
+
+
+# -- adding problem, Hochreiter & Schmidhuber (1997) form -------------------------------------------------------------
+def test_adding_hs97_layout_target_and_baseline():
+    T, B = 40, 5000
+    tb = make_task("adding_hs97", T, B, 3)
+    x0, m = tb.x[:, :, 0], tb.x[:, :, 1]
+    assert ((x0 >= -1) & (x0 <= 1)).all()
+    assert ((m == 1).sum(axis=0) == 2).all()  # exactly two marked steps
+    marked = np.sort(np.argwhere((m == 1).T)[:, 1].reshape(B, 2), axis=1)
+    assert (marked[:, 0] < 10).all() and (marked[:, 1] < T // 2).all()  # one of the first 10, one of the first T/2-1
+    assert (m[T - 1] == -1).all()
+    assert ((m[0] == -1) | (m[0] == 1)).all()  # -1 unless the first step is marked
+    cols = np.arange(B)
+    np.testing.assert_allclose(tb.targets, 0.5 + (x0[marked[:, 0], cols] + x0[marked[:, 1], cols]) / 4.0,
+                               rtol=0, atol=1e-15)
+    # predicting 0.5 scores the documented baseline (within sampling error)
+    big = make_task("adding_hs97", 30, 400_000, 0)
+    err = (big.targets - 0.5) ** 2
+    assert abs(err.mean() - big.baseline) < 5 * err.std() / np.sqrt(err.size)
