@@ -501,6 +501,12 @@ def _base_cmd(kind: str, opts, extra: list[str]) -> str:
     return shlex.join(parts + extra)
 
 
+def _weights_args(opts) -> list[str]:
+    if opts.get("weights") is None:
+        return []
+    return ["--weights", str(opts["weights"]), *(["--prefix", opts["prefix"]] if opts.get("prefix") else [])]
+
+
 def _progress_printer(console):
     def show(message: str) -> None:
         console.print(Text(f"  {message}", style="dim"))
@@ -588,16 +594,46 @@ def _print_table(console, title, columns, rows):
     print_table(console, title, columns, rows)
 
 
+def _given(name: str) -> bool:
+    """Whether option ``name`` was typed on the command line (not a default)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def _weights_options(fn):
+    fn = click.option("--prefix", default=None, help="Key prefix of the RNN inside a whole model's state_dict.")(fn)
+    return click.option("--weights", type=click.Path(path_type=Path), default=None,
+                        help="Start from these weights (.npz with PyTorch names, or .pt/.pth with torch) instead of "
+                             "a fresh model.")(fn)
+
+
 def _fresh_model(opts, init_name: str):
-    from . import init_model
+    from . import init_model, load_weights
     from .tasks import input_size as task_input_size
 
+    if opts.get("weights") is not None:
+        for name in ("hidden_size", "num_layers", "init_name", "gain", "forget_bias"):
+            if _given(name):
+                raise ValueError(f"--{name.replace('_name', '').replace('_', '-')} describes a fresh model; it cannot "
+                                 "be combined with --weights (sizes come from the file)")
+        model = load_weights(opts["weights"], opts["cell"] if _given("cell") else None, prefix=opts["prefix"])
+        need = task_input_size(opts["task"])
+        if model.input_size != need:
+            raise ValueError(f"the {opts['task']} task feeds {need} input channels but the weights in "
+                             f"{str(opts['weights'])!r} take {model.input_size}; choose a task that fits")
+        opts["cell"] = model.cell
+        return model
+    if opts.get("prefix"):
+        raise ValueError("--prefix applies to --weights only")
     return init_model(opts["cell"], task_input_size(opts["task"]), opts["hidden_size"], num_layers=opts["num_layers"],
                       init=init_name, seed=opts["seed"], gain=opts["gain"], forget_bias=opts["forget_bias"])
 
 
 @main.command("clip")
 @_common_options
+@_weights_options
 @click.option("--init", "init_name", type=click.Choice(INIT_CHOICES, case_sensitive=False), default="pytorch",
               show_default=True)
 @click.option("--strategies", default="none,global_norm:1,value:5,per_param:1,autoclip:10", show_default=True,
@@ -624,7 +660,7 @@ def clip_cmd(**opts):
                            steps=opts["steps"], optimizer=opts["optimizer"], lr=opts["lr"],
                            momentum=opts["momentum"], seed=opts["seed"])
         cmp = compare_clipping(model, strategies, base, progress=_progress_printer(console))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise InputError(_one_line(exc)) from None
     columns = ["strategy", "diverged", "final test loss", "fraction clipped", "mean cosine", "oscillation",
                "suggested threshold"]
@@ -636,8 +672,8 @@ def clip_cmd(**opts):
     console.print(Text(headline, style="bold"))
     for line in cmp.reasons:
         console.print(Text(f"  - {line}"))
-    cmd = _base_cmd("clip", opts, ["--init", opts["init_name"], "--strategies", opts["strategies"],
-                                   "--steps", str(opts["steps"])])
+    cmd = _base_cmd("clip", opts, [*_weights_args(opts), "--init", opts["init_name"], "--strategies",
+                                   opts["strategies"], "--steps", str(opts["steps"])])
     config = [("model", model.describe()), ("init", model.init), ("task", f"{opts['task']}, T = {opts['seq_len']}"),
               ("optimizer", f"{opts['optimizer']}, lr {opts['lr']:g}"), ("steps", opts["steps"]),
               ("seed", opts["seed"])]
@@ -647,6 +683,7 @@ def clip_cmd(**opts):
 
 @main.command("train")
 @_common_options
+@_weights_options
 @click.option("--init", "init_name", type=click.Choice(INIT_CHOICES, case_sensitive=False), default="pytorch",
               show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Training iterations.")
@@ -716,7 +753,8 @@ def train_cmd(**opts):
                     f"(baseline {_fmt_num(result.baseline, '.4g')}) after {h.iterations} iterations; clipping fired in "
                     f"{100 * (sum(h.clipped) / max(len(h.clipped), 1)):.0f}% of them")
     console.print(Text(headline, style="bold red" if h.stopped else "bold"))
-    cmd = _base_cmd("train", opts, ["--init", opts["init_name"], "--steps", str(opts["steps"]), "--clip",
+    cmd = _base_cmd("train", opts, [*_weights_args(opts), "--init", opts["init_name"], "--steps", str(opts["steps"]),
+                                    "--clip",
                                     opts["clip_spec"], "--schedule", opts["schedule"], "--diag-points",
                                     str(opts["diag_points"])])
     config = [("model", model.describe()), ("init", model.init), ("task", f"{opts['task']}, T = {opts['seq_len']}"),

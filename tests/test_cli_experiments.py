@@ -17,6 +17,8 @@ from _cli_helpers import (
     strict_json,
 )
 
+import rnndiag
+
 TINY = ["--hidden-size", "6", "--seq-len", "12", "--batch-size", "4"]
 
 
@@ -171,3 +173,26 @@ def test_text_task_trains_below_its_unigram_baseline(tmp_path):
                   "--batch-size", "4", "--json", "-", "--format", "none", "-q"])
     assert_clean_exit(res, "analyze --task text")
     assert strict_json(res.stdout)["loss"].startswith("text task loss")
+
+
+def test_clip_and_train_start_from_a_weights_file(tmp_path):
+    model = rnndiag.init_model("gru", 2, 6, seed=4)
+    path = tmp_path / "w.npz"
+    rnndiag.save_weights(model, path)
+    out = tmp_path / "t"
+    res = invoke(["train", "--weights", path, "--seq-len", "12", "--batch-size", "4", "--steps", "3", "--out", out,
+                  "--format", "json"])
+    assert_clean_exit(res, "train --weights")
+    m = strict_json((out / "metrics.json").read_text())
+    assert m["cell"] == "gru" and "--weights" in m["command"]
+    res = invoke(["clip", "--weights", path, "--seq-len", "12", "--batch-size", "4", "--steps", "3",
+                  "--strategies", "none", "--out", tmp_path / "c", "--format", "json"])
+    assert_clean_exit(res, "clip --weights")
+    # sizes belong to the file; a task whose input does not fit the weights is refused in one line
+    for bad in (["--hidden-size", "9"], ["--task", "copy"], ["--init", "orthogonal"]):
+        res = invoke(["train", "--weights", path, "--seq-len", "12", "--steps", "2", *bad,
+                      "--out", tmp_path / "x"])
+        assert_one_line_error(res)
+    res = invoke(["train", "--weights", tmp_path / "missing.npz", "--out", tmp_path / "y"])
+    assert_one_line_error(res)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
