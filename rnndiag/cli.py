@@ -275,9 +275,9 @@ def _build_model(opts):
         input_size = None  # from the file
     else:
         input_size = task_input_size(opts["task"] or DEMO["task"])
-    if input_size is None:
-        shape = _peek_input_shape(opts["input_path"])
-        input_size = shape[2]
+    if input_size is None:  # a fresh model sized by the input file: read it once, keep it for _build_input
+        opts["_input"] = _load_input(opts["input_path"], dtype or np.float64)
+        input_size = opts["_input"].shape[2]
     model = init_model(cell, input_size, hidden, num_layers=layers, init=init, seed=opts["seed"],
                        dtype=dtype or np.float64, gain=opts["gain"], forget_bias=opts["forget_bias"])
     cmd = ["rnndiag", "analyze", "--cell", cell, "--init", init, "--input-size", str(input_size),
@@ -289,11 +289,6 @@ def _build_model(opts):
     return model, f"{model.describe()}, init {model.init}, seed {opts['seed']}", cmd
 
 
-def _peek_input_shape(path: Path):
-    arr = _load_input(path, np.float64)
-    return arr.shape
-
-
 def _build_input(opts, model):
     from .tasks import input_size as task_input_size
     from .tasks import make_task
@@ -302,7 +297,8 @@ def _build_input(opts, model):
     if opts["input_path"] is not None:
         if opts["task"] is not None:
             raise InputError("--input and --task both give inputs; pass one of them")
-        x = _load_input(opts["input_path"], model.dtype)
+        x = opts.get("_input")
+        x = _load_input(opts["input_path"], model.dtype) if x is None else x.astype(model.dtype, copy=False)
         if x.shape[2] != model.input_size:
             raise InputError(f"input file {str(opts['input_path'])!r} has {x.shape[2]} input channels (shape "
                              f"{x.shape}); the model takes {model.input_size}")

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._validation import check_array, make_rng
 from .._version import __version__
+from ..clip import global_norm
 from ..engine import Trace, bptt
 from ..model import RNNModel
 from ._common import finite_or_none, jsonable, list_or_none
@@ -185,12 +186,6 @@ def _step_norms(a: np.ndarray, chunk: int = 256) -> np.ndarray:
     return out
 
 
-def _global_norm(grads: dict) -> float:
-    from ..clip import global_norm
-
-    return global_norm(grads)
-
-
 def _first_nonfinite(arr: np.ndarray, reverse: bool = False) -> int | None:
     ok = np.concatenate([np.isfinite(arr[s : s + 256]).reshape(min(256, arr.shape[0] - s), -1).all(axis=1)
                          for s in range(0, arr.shape[0], 256)])
@@ -341,7 +336,7 @@ def analyze(
     worst = max(layers, key=lambda ld: SEVERITY[ld.verdict])
     verdict = worst.verdict
     detail = worst.detail if len(layers) == 1 else f"layer {worst.layer}: {worst.detail}"
-    global_norm = _global_norm(trace.param_grads)
+    grad_norm_total = global_norm(trace.param_grads)
     clip = _suggested_clip(model, x, grad_h, trace, state0) if verdict == "exploding" else None
     caveats = _caveats(model, layers, verdict, T)
     notes = []
@@ -349,12 +344,13 @@ def analyze(
         notes.append(f"Jacobian products and Lyapunov exponents were computed on {len(batch)} of {B} sequences "
                      f"(batch_sample) to bound the cost")
     confidence = "low" if caveats else "high"
-    adv = advice(layers, model.cell, T, verdict, clip, global_norm if math.isfinite(global_norm) else None)
+    adv = advice(layers, model.cell, T, verdict, clip,
+                 grad_norm_total if math.isfinite(grad_norm_total) else None)
     return Diagnosis(model.cell, model.input_size, H, model.num_layers, T, B, seed if isinstance(seed, int) else None,
                      model.init, str(model.dtype), loss_name, verdict, detail, confidence, tuple(caveats), tuple(notes),
                      tuple(adv),
                      tuple(ld.rule for ld in layers), tuple(layers), nonfinite,
-                     global_norm if math.isfinite(global_norm) else None, clip, settings,
+                     grad_norm_total if math.isfinite(grad_norm_total) else None, clip, settings,
                      trace if keep_trace else None)
 
 
@@ -390,7 +386,7 @@ def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
         s0 = (h0, np.stack([lt.c[T - w - 1] for lt in trace.layers])) if model.cell == "lstm" else h0
     with np.errstate(all="ignore"):
         tr = bptt(model, x[T - w :], grad_h[T - w :], s0)
-    norm = _global_norm(tr.param_grads)
+    norm = global_norm(tr.param_grads)
     return norm if math.isfinite(norm) and norm > 0 else None
 
 

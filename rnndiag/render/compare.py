@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import Normalize
 
-from .figures import COLORS, _new, thin
+from .figures import COLORS, _finish, _new, thin
 
 
 def _color(i: int) -> str:
@@ -21,11 +21,7 @@ def _finite(a) -> np.ndarray:
 def _loss_axes(ax, baseline):
     if baseline is not None:
         ax.axhline(baseline, color="grey", ls=":", lw=1, label=f"baseline {baseline:.3g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=7)
+    _finish(ax, log_y=True, xlabel="iteration", ylabel="training loss", legend=7)
 
 
 def init_figures(cmp) -> dict:
@@ -37,11 +33,8 @@ def init_figures(cmp) -> dict:
         t, yy = thin(np.arange(y.size), y)
         ax.plot(t, yy, color=_color(i), lw=1.3, label=r.scheme)
     ax.axhline(np.log10(cmp.results[0].at_init.gradient_flow.horizon.factor), color="grey", ls=":", lw=1)
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("log10 ||dL/dh_t|| relative to the last step")
-    ax.set_title("Gradient flow at initialization")
-    ax.legend(loc="best", fontsize=7)
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="timestep t", ylabel="log10 ||dL/dh_t|| relative to the last step",
+            title="Gradient flow at initialization", legend=7)
     figs["grad_flow_at_init"] = fig
     fig, ax = _new()
     names = [r.scheme for r in cmp.results]
@@ -85,11 +78,8 @@ def clip_figures(cmp) -> dict:
             ax.hist(np.log10(norms), bins=40, histtype="step", color=_color(i), label=r.label)
             if r.strategy in ("global_norm",) and r.threshold:
                 ax.axvline(np.log10(r.threshold), color=_color(i), ls="--", lw=1)
-    ax.set_xlabel("log10 pre-clip global gradient norm (dashed: threshold)")
-    ax.set_ylabel("iterations")
-    ax.set_title("Gradient norm distribution")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="log10 pre-clip global gradient norm (dashed: threshold)", ylabel="iterations",
+            title="Gradient norm distribution", legend=7)
     figs["grad_norm_distribution"] = fig
     fig, ax = _new()
     labels = [r.label for r in cmp.runs]
@@ -129,11 +119,7 @@ def train_figures(result) -> dict:
         ax.plot(t, g1, lw=0.8, color=_color(1), label="before clipping")
         ax.plot(t, g2, lw=0.8, color=_color(0), label="after clipping")
         ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("global gradient norm")
-    ax.set_title("Gradient norm")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="iteration", ylabel="global gradient norm", title="Gradient norm", legend=7)
     figs["grad_norm_over_training"] = fig
     if h.diag:
         its = [d["iteration"] for d in h.diag]
@@ -158,9 +144,6 @@ def train_figures(result) -> dict:
             ax.plot(its, [d["layers"][k]["sigma_max"] for d in h.diag], "s--", ms=3, color=_color(k),
                     label=f"layer {k} sigma_max")
         ax.axhline(1.0, color="grey", ls=":", lw=1)
-        ax.set_xlabel("iteration")
-        ax.set_title("Recurrent weights over training")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        _finish(ax, xlabel="iteration", title="Recurrent weights over training", legend=7)
         figs["spectral_radius_over_training"] = fig
     return figs

@@ -42,6 +42,21 @@ def _new(width=7.0, height=3.6) -> tuple[Figure, object]:
     return fig, fig.add_subplot()
 
 
+def _finish(ax, *, xlabel: str, ylabel: str | None = None, title: str | None = None, legend: int | None = None,
+            legend_loc: str = "best", log_y: bool = False) -> None:
+    """The labels, legend and grid every figure here ends with."""
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    if legend is not None:
+        ax.legend(loc=legend_loc, fontsize=legend)
+    ax.grid(alpha=0.3)
+
+
 def grad_norm_figure(diag) -> Figure:
     """||dL/dh_t|| per step: median and min-max band over the batch, log y."""
     fig, ax = _new()
@@ -55,11 +70,8 @@ def grad_norm_figure(diag) -> Figure:
     ax.plot(tt, m, color=COLORS[0], lw=1.5, label="median")
     if np.isfinite(m).any():
         ax.set_yscale("log")
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("||dL/dh_t||")
-    ax.set_title(f"Gradient norm per timestep ({diag.loss})")
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="timestep t", ylabel="||dL/dh_t||", title=f"Gradient norm per timestep ({diag.loss})",
+            legend=8)
     return fig
 
 
@@ -76,11 +88,7 @@ def jacobian_product_figure(diag) -> Figure:
         ax.plot(tt, y, color=COLORS[ld.layer % 6], lw=1, ls="--", label=f"layer {ld.layer}: last-step gradient (rel.)")
     fl = diag.gradient_flow
     ax.axhline(np.log10(fl.horizon.factor), color="grey", lw=0.8, ls=":", label=f"horizon factor {fl.horizon.factor:g}")
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("log10 norm")
-    ax.set_title("Jacobian products back from the last step")
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="timestep t", ylabel="log10 norm", title="Jacobian products back from the last step", legend=8)
     return fig
 
 
@@ -92,11 +100,7 @@ def step_jacobian_figure(diag) -> Figure:
         tt, yy = thin(np.arange(y.size), y)
         ax.plot(tt, 10.0**yy, color=COLORS[ld.layer % 6], lw=1.2, label=f"layer {ld.layer}")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("||J_t||_2")
-    ax.set_title("Per-step Jacobian spectral norm")
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="timestep t", ylabel="||J_t||_2", title="Per-step Jacobian spectral norm", legend=8)
     return fig
 
 
@@ -125,12 +129,8 @@ def singular_value_figure(diag) -> Figure:
             ax.plot(np.arange(1, sp.singular_values.size + 1), sp.singular_values, lw=1.2,
                     color=COLORS[(ld.layer + j) % 6], ls="-" if j == 0 else "--", label=f"layer {ld.layer} {name}")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_yscale("log")
-    ax.set_xlabel("index")
-    ax.set_ylabel("singular value")
-    ax.set_title("Singular values of the recurrent weights")
-    ax.legend(loc="best", fontsize=7)
-    ax.grid(alpha=0.3)
+    _finish(ax, log_y=True, xlabel="index", ylabel="singular value", title="Singular values of the recurrent weights",
+            legend=7)
     return fig
 
 
@@ -145,11 +145,7 @@ def lyapunov_figure(diag) -> Figure:
         ax.errorbar(i, ex, yerr=ly.spread, fmt="o-", ms=3, lw=1, color=COLORS[ld.layer % 6],
                     label=f"layer {ld.layer} (mean ± sd over {len(ly.batch)} seq.)")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("exponent index")
-    ax.set_ylabel("nats per step")
-    ax.set_title("Lyapunov spectrum")
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="exponent index", ylabel="nats per step", title="Lyapunov spectrum", legend=8)
     return fig
 
 
