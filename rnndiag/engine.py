@@ -21,6 +21,56 @@ from .model import RNNModel
 
 
 @dataclass(frozen=True)
+class StepJacobians:
+    """Step Jacobians ``J = d s_t / d s_{t-1}`` for a block of (step, batch row) pairs, never formed unless asked.
+
+    ``factors`` are the cell's diagonal factors, each of shape ``lead + (H,)`` (``lead`` = (n,) for one step, or
+    (m, n) for m steps); with ``w_hh`` they define every J. ``jvp``/``vjp`` take stacks of row vectors whose
+    leading axes start with ``lead``; any further axes (k vectors per Jacobian) broadcast.
+    """
+
+    cell: str
+    w_hh: np.ndarray = field(repr=False)
+    factors: tuple[np.ndarray, ...] = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``lead``: the (steps, rows) layout of the Jacobians held."""
+        return self.factors[0].shape[:-1]
+
+    @property
+    def state_size(self) -> int:
+        H = self.factors[0].shape[-1]
+        return 2 * H if self.cell == "lstm" else H
+
+    def __getitem__(self, i) -> StepJacobians:
+        """The Jacobians of one step (or a slice of steps) of a multi-step block."""
+        return StepJacobians(self.cell, self.w_hh, tuple(f[i] for f in self.factors))
+
+    def _broadcast(self, v: np.ndarray) -> tuple[np.ndarray, ...]:
+        extra = v.ndim - len(self.shape) - 1
+        if extra < 0 or v.shape[: len(self.shape)] != self.shape or v.shape[-1] != self.state_size:
+            raise ValueError(f"vectors must have shape {(*self.shape, self.state_size)} (plus optional axes "
+                             f"before the last); got {v.shape}")
+        if extra == 0:
+            return self.factors
+        return tuple(np.expand_dims(f, tuple(range(len(self.shape), len(self.shape) + extra)))
+                     for f in self.factors)
+
+    def jvp(self, v: np.ndarray) -> np.ndarray:
+        """``J v`` for each row vector of ``v`` (lead..., [k...], S)."""
+        return cell_module(self.cell).jvp_rows(self._broadcast(v), self.w_hh, v)
+
+    def vjp(self, u: np.ndarray) -> np.ndarray:
+        """``u^T J`` for each row vector of ``u`` (lead..., [k...], S)."""
+        return cell_module(self.cell).vjp_rows(self._broadcast(u), self.w_hh, u)
+
+    def dense(self) -> np.ndarray:
+        """The Jacobians themselves, (lead..., S, S)."""
+        return cell_module(self.cell).dense_jacobian(self.factors, self.w_hh)
+
+
+@dataclass(frozen=True)
 class LayerTrace:
     """What one layer recorded. ``arrays`` holds the cell's activations (see the cell module's ``forward``)."""
 
@@ -64,26 +114,39 @@ class LayerTrace:
         B = self.h0.shape[0]
         return check_array(v, name, (B, self.state_size), self.h.dtype)
 
+    def jacobians(self, t, batch=None, dtype=None) -> StepJacobians:
+        """The step Jacobians ``J_t`` of the steps ``t`` (an int, or a 1-D array of steps) for the rows ``batch``
+        (an index array; default all), held implicitly by their diagonal factors: O(len(t) * n * H) memory.
+        ``dtype`` casts factors and weights once (the analysis works in float64)."""
+        B, T = self.h0.shape[0], self.h.shape[0]
+        if np.ndim(t) == 0:
+            t = self._t(t)
+        else:
+            t = np.asarray(t)
+            if t.ndim != 1 or t.dtype.kind not in "iu" or (t.size and not (t.min() >= 0 and t.max() < T)):
+                raise IndexError(f"steps must be a 1-D array of integers in 0..{T - 1}")
+        idx = None if batch is None else np.atleast_1d(np.arange(B)[batch])
+        mod = cell_module(self.cell)
+        factors = mod.jacobian_factors(self.arrays, self.h0, self.c0, t, idx, **self._kwargs())
+        w_hh = self.w_hh
+        if dtype is not None:
+            factors = tuple(f.astype(dtype, copy=False) for f in factors)
+            w_hh = w_hh.astype(dtype, copy=False)
+        return StepJacobians(self.cell, w_hh, factors)
+
     def step_jacobian(self, t: int, batch=None) -> np.ndarray:
         """``d s_t / d s_{t-1}`` (len(batch), S, S); ``batch`` an index, slice or index array (default all)."""
-        t = self._t(t)
         B = self.h0.shape[0]
-        idx = np.arange(B)[batch if batch is not None else slice(None)]
-        idx = np.atleast_1d(idx)
-        mod = cell_module(self.cell)
-        return mod.step_jacobian(self.arrays, self.h0, self.c0, self.w_hh, t, idx, **self._kwargs())
+        idx = np.atleast_1d(np.arange(B)[batch if batch is not None else slice(None)])
+        return self.jacobians(t, idx).dense()
 
     def jvp(self, t: int, v) -> np.ndarray:
         """``J_t v`` per batch row; v (B, S)."""
-        t = self._t(t)
-        mod = cell_module(self.cell)
-        return mod.jvp(self.arrays, self.h0, self.c0, self.w_hh, t, self._vec(v, "v"), **self._kwargs())
+        return self.jacobians(t).jvp(self._vec(v, "v"))
 
     def vjp(self, t: int, u) -> np.ndarray:
         """``u^T J_t`` per batch row; u (B, S)."""
-        t = self._t(t)
-        mod = cell_module(self.cell)
-        return mod.vjp(self.arrays, self.h0, self.c0, self.w_hh, t, self._vec(u, "u"), **self._kwargs())
+        return self.jacobians(t).vjp(self._vec(u, "u"))
 
     def state(self, t: int) -> np.ndarray:
         """``s_t`` (B, S): h_t, or [h_t; c_t] for LSTM; ``t = -1`` is not the initial state, use ``initial_state``."""

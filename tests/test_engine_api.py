@@ -253,3 +253,27 @@ def test_backward_on_a_forward_trace_equals_bptt():
             assert np.array_equal(tr.param_grads[k], ref.param_grads[k]), (cell, k)
     with pytest.raises(TypeError, match="trace must be a Trace"):
         rnndiag.backward("not a trace", g)
+
+
+def test_implicit_jacobians_of_many_steps_match_the_dense_ones(setup):
+    """``LayerTrace.jacobians(steps, rows)``: one block of implicit Jacobians equals the per-step dense ones, and
+    its jvp/vjp on stacks of k vectors per Jacobian equal J @ v and u @ J."""
+    model, x, g, state0 = setup
+    tr = bptt(model, x, g, state0)
+    S = model.state_size
+    steps, rows = np.array([0, 3, 1]), np.array([1, 0])
+    for lt in tr.layers:
+        jac = lt.jacobians(steps, rows)
+        assert jac.shape == (3, 2) and jac.state_size == S
+        dense = jac.dense()
+        for a, t in enumerate(steps):
+            np.testing.assert_array_equal(dense[a], lt.step_jacobian(int(t), batch=rows))
+        v = np.random.default_rng(0).standard_normal((3, 2, 4, S))  # 4 vectors per Jacobian
+        np.testing.assert_allclose(jac.jvp(v), np.einsum("mnij,mnkj->mnki", dense, v), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(jac.vjp(v), np.einsum("mnki,mnij->mnkj", v, dense), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(jac[1].jvp(v[1, :, 0]), np.einsum("nij,nj->ni", dense[1], v[1, :, 0]),
+                                   rtol=1e-12, atol=1e-14)
+    with pytest.raises(IndexError, match="steps must be a 1-D array of integers"):
+        tr.layers[0].jacobians(np.array([0, T]))
+    with pytest.raises(ValueError, match="vectors must have shape"):
+        tr.layers[0].jacobians(steps, rows).jvp(np.zeros((3, S)))

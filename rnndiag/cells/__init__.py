@@ -1,6 +1,6 @@
 """Recurrent cells as pure functions over arrays, in PyTorch's parameter layout.
 
-Each cell module has the same six functions, all batched over ``B``, and a constant ``GATE_SCALE``:
+Each cell module has the same seven functions, all batched over ``B``, and a constant ``GATE_SCALE``:
 
 ``GATE_SCALE``
     One factor per gate block (PyTorch's gate order), a power of two: the engine multiplies the rows of ``W_ih``,
@@ -23,10 +23,15 @@ Each cell module has the same six functions, all batched over ``B``, and a const
     The gradient on the recurrent pre-activations ``W_hh h_{t-1} + b_hh`` (for ``W_hh``'s gradient, one
     product): ``d_pre`` itself, except for the GRU, where ``b_hn`` sits inside ``r * (...)``; it overwrites
     ``d_pre`` in place, so the engine calls it last.
-``jvp(arrays, h0, c0, w_hh, t, v)`` / ``vjp(arrays, h0, c0, w_hh, t, u)``
-    ``J_t v`` and ``u^T J_t`` for ``J_t = d s_t / d s_{t-1}``, batched: ``v``, ``u`` are (B, S).
-``step_jacobian(arrays, h0, c0, w_hh, t, batch)``
-    ``J_t`` itself for the batch elements ``batch``: (len(batch), S, S). Formed only on request.
+``jacobian_factors(arrays, h0, c0, t, batch)``
+    The diagonal factors that, with ``w_hh``, define ``J_t = d s_t / d s_{t-1}`` for the steps ``t`` (an int, or a
+    1-D index array) and batch rows ``batch`` (an index array, or None for all): a tuple of (..., H) arrays. The
+    Jacobians stay implicit: O(H) numbers per step and row instead of S*S.
+``jvp_rows(factors, w_hh, v)`` / ``vjp_rows(factors, w_hh, u)``
+    ``J v`` and ``u^T J`` for stacks of row vectors (..., S) whose leading axes broadcast against the factors';
+    the weight product is one 2-D matrix product over all rows.
+``dense_jacobian(factors, w_hh)``
+    ``J`` itself, (..., S, S). Formed only on request.
 
 The state ``s`` is ``h`` for RNN and GRU and the stacked ``[h; c]`` (size 2H) for LSTM.
 """

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._rows import matmul_rows, prev_rows, rows
+
 STATE_FACTOR = 1
 # forward() evaluates r and z with one tanh, using sigma(a) = (1 + tanh(a/2)) / 2: the engine hands it ``pre``
 # and ``W_hh`` with the r and z rows halved (exact: a power of two).
@@ -146,12 +148,14 @@ def recurrent_grad(arrays, d_pre) -> np.ndarray:
     return d_pre
 
 
-def _factors(arrays, h0, t):
-    gt = arrays["gates"][t]
-    H = gt.shape[1] // 3
-    r, z, n = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H :]
-    hn = arrays["hn"][t]
-    h_prev = _prev(arrays["h"], h0, t)
+def jacobian_factors(arrays, h0, c0, t, batch) -> tuple[np.ndarray, ...]:
+    """The diagonal factors of ``J_t`` for the steps ``t`` and rows ``batch``: k_r, k_z, k_hn and z, each (..., H)."""
+    del c0
+    gt = rows(arrays["gates"], t, batch)
+    H = gt.shape[-1] // 3
+    r, z, n = gt[..., :H], gt[..., H : 2 * H], gt[..., 2 * H :]
+    hn = rows(arrays["hn"], t, batch)
+    h_prev = prev_rows(arrays["h"], h0, t, batch)
     k_z = (h_prev - n) * z * (1.0 - z)
     k_n = (1.0 - z) * (1.0 - n * n)
     k_r = k_n * hn * r * (1.0 - r)
@@ -159,25 +163,32 @@ def _factors(arrays, h0, t):
     return k_r, k_z, k_hn, z
 
 
-def jvp(arrays, h0, c0, w_hh, t, v) -> np.ndarray:
-    """``J_t v`` for v (B, H)."""
-    k_r, k_z, k_hn, z = _factors(arrays, h0, t)
-    H = z.shape[1]
-    a = v @ w_hh.T
-    return z * v + k_r * a[:, :H] + k_z * a[:, H : 2 * H] + k_hn * a[:, 2 * H :]
+def jvp_rows(factors, w_hh, v) -> np.ndarray:
+    """``J v`` for each row vector ``v`` (..., H)."""
+    k_r, k_z, k_hn, z = factors
+    H = v.shape[-1]
+    a = matmul_rows(v, w_hh.T)  # (..., 3H)
+    return z * v + k_r * a[..., :H] + k_z * a[..., H : 2 * H] + k_hn * a[..., 2 * H :]
 
 
-def vjp(arrays, h0, c0, w_hh, t, u) -> np.ndarray:
-    """``u^T J_t`` for u (B, H)."""
-    k_r, k_z, k_hn, z = _factors(arrays, h0, t)
-    return z * u + np.concatenate([k_r * u, k_z * u, k_hn * u], axis=1) @ w_hh
+def vjp_rows(factors, w_hh, u) -> np.ndarray:
+    """``u^T J`` for each row vector ``u`` (..., H)."""
+    k_r, k_z, k_hn, z = factors
+    H = u.shape[-1]
+    da = np.empty((*np.broadcast_shapes(u.shape, z.shape)[:-1], 3 * H), np.result_type(u, z))
+    np.multiply(k_r, u, out=da[..., :H])
+    np.multiply(k_z, u, out=da[..., H : 2 * H])
+    np.multiply(k_hn, u, out=da[..., 2 * H :])
+    out = matmul_rows(da, w_hh)
+    out += z * u
+    return out
 
 
-def step_jacobian(arrays, h0, c0, w_hh, t, batch) -> np.ndarray:
-    """``J_t`` (len(batch), H, H)."""
-    k_r, k_z, k_hn, z = (k[batch] for k in _factors(arrays, h0, t))
-    H = z.shape[1]
-    jac = k_r[:, :, None] * w_hh[:H] + k_z[:, :, None] * w_hh[H : 2 * H] + k_hn[:, :, None] * w_hh[2 * H :]
+def dense_jacobian(factors, w_hh) -> np.ndarray:
+    """``J`` itself, (..., H, H)."""
+    k_r, k_z, k_hn, z = factors
+    H = z.shape[-1]
+    jac = k_r[..., :, None] * w_hh[:H] + k_z[..., :, None] * w_hh[H : 2 * H] + k_hn[..., :, None] * w_hh[2 * H :]
     idx = np.arange(H)
-    jac[:, idx, idx] += z
+    jac[..., idx, idx] += z
     return jac

@@ -45,14 +45,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._rows import matmul_rows, prev_rows, rows
+
 STATE_FACTOR = 2
 # forward() evaluates all four gates with one tanh over the (B, 4H) row, using sigma(a) = (1 + tanh(a/2)) / 2:
 # the engine hands it ``pre`` and ``W_hh`` with the sigmoid gates' rows (i, f, o) halved -- exact, a power of two.
 GATE_SCALE = (0.5, 0.5, 1.0, 0.5)
-
-
-def _prev(arr, init, t):
-    return init if t == 0 else arr[t - 1]
 
 
 def _gate_vectors(H, dtype):
@@ -166,13 +164,15 @@ def recurrent_grad(arrays, d_pre) -> np.ndarray:
     return d_pre
 
 
-def _factors(arrays, c0, t):
-    """The diagonal factors (B, H) of J_t: k_i, k_f, k_g, k_o, k_c and f."""
-    gt = arrays["gates"][t]
-    H = gt.shape[1] // 4
-    i, f, g, o = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H : 3 * H], gt[:, 3 * H :]
-    tct = np.tanh(arrays["c"][t])
-    c_prev = _prev(arrays["c"], c0, t)
+def jacobian_factors(arrays, h0, c0, t, batch) -> tuple[np.ndarray, ...]:
+    """The diagonal factors of ``J_t`` for the steps ``t`` and rows ``batch``: k_i, k_f, k_g, k_o, k_c and f,
+    each (..., H)."""
+    del h0
+    gt = rows(arrays["gates"], t, batch)
+    H = gt.shape[-1] // 4
+    i, f, g, o = gt[..., :H], gt[..., H : 2 * H], gt[..., 2 * H : 3 * H], gt[..., 3 * H :]
+    tct = np.tanh(rows(arrays["c"], t, batch))
+    c_prev = prev_rows(arrays["c"], c0, t, batch)
     k_i = g * i * (1.0 - i)
     k_f = c_prev * f * (1.0 - f)
     k_g = i * (1.0 - g * g)
@@ -181,37 +181,51 @@ def _factors(arrays, c0, t):
     return k_i, k_f, k_g, k_o, k_c, f
 
 
-def jvp(arrays, h0, c0, w_hh, t, v) -> np.ndarray:
-    """``J_t v`` for v = [v_h, v_c] of shape (B, 2H)."""
-    k_i, k_f, k_g, k_o, k_c, f = _factors(arrays, c0, t)
-    H = f.shape[1]
-    v_h, v_c = v[:, :H], v[:, H:]
-    a = v_h @ w_hh.T  # (B, 4H)
-    dc = k_i * a[:, :H] + k_f * a[:, H : 2 * H] + k_g * a[:, 2 * H : 3 * H] + f * v_c
-    dh = k_o * a[:, 3 * H :] + k_c * dc
-    return np.concatenate([dh, dc], axis=1)
+def jvp_rows(factors, w_hh, v) -> np.ndarray:
+    """``J v`` for each row vector ``v = [v_h, v_c]`` (..., 2H)."""
+    k_i, k_f, k_g, k_o, k_c, f = factors
+    H = v.shape[-1] // 2
+    v_h, v_c = v[..., :H], v[..., H:]
+    a = matmul_rows(v_h, w_hh.T)  # (..., 4H)
+    out = np.empty(np.broadcast_shapes(v.shape, (*f.shape[:-1], 2 * H)), a.dtype)
+    dh, dc = out[..., :H], out[..., H:]
+    np.multiply(f, v_c, out=dc)
+    dc += k_i * a[..., :H]
+    dc += k_f * a[..., H : 2 * H]
+    dc += k_g * a[..., 2 * H : 3 * H]
+    np.multiply(k_c, dc, out=dh)
+    dh += k_o * a[..., 3 * H :]
+    return out
 
 
-def vjp(arrays, h0, c0, w_hh, t, u) -> np.ndarray:
-    """``u^T J_t`` for u = [u_h, u_c] of shape (B, 2H)."""
-    k_i, k_f, k_g, k_o, k_c, f = _factors(arrays, c0, t)
-    H = f.shape[1]
-    u_h, u_c = u[:, :H], u[:, H:]
-    dc = u_c + k_c * u_h
-    da = np.concatenate([k_i * dc, k_f * dc, k_g * dc, k_o * u_h], axis=1)  # (B, 4H)
-    return np.concatenate([da @ w_hh, f * dc], axis=1)
+def vjp_rows(factors, w_hh, u) -> np.ndarray:
+    """``u^T J`` for each row vector ``u = [u_h, u_c]`` (..., 2H)."""
+    k_i, k_f, k_g, k_o, k_c, f = factors
+    H = u.shape[-1] // 2
+    u_h, u_c = u[..., :H], u[..., H:]
+    dc = k_c * u_h
+    dc += u_c
+    da = np.empty((*dc.shape[:-1], 4 * H), dc.dtype)
+    np.multiply(k_i, dc, out=da[..., :H])
+    np.multiply(k_f, dc, out=da[..., H : 2 * H])
+    np.multiply(k_g, dc, out=da[..., 2 * H : 3 * H])
+    np.multiply(k_o, u_h, out=da[..., 3 * H :])
+    out = np.empty((*dc.shape[:-1], 2 * H), dc.dtype)
+    out[..., :H] = matmul_rows(da, w_hh)
+    np.multiply(f, dc, out=out[..., H:])
+    return out
 
 
-def step_jacobian(arrays, h0, c0, w_hh, t, batch) -> np.ndarray:
-    """``J_t`` (len(batch), 2H, 2H) in the state order [h; c]."""
-    k_i, k_f, k_g, k_o, k_c, f = (k[batch] for k in _factors(arrays, c0, t))
-    n, H = f.shape
+def dense_jacobian(factors, w_hh) -> np.ndarray:
+    """``J`` itself, (..., 2H, 2H), in the state order [h; c]."""
+    k_i, k_f, k_g, k_o, k_c, f = factors
+    H = f.shape[-1]
     w_i, w_f, w_g, w_o = w_hh[:H], w_hh[H : 2 * H], w_hh[2 * H : 3 * H], w_hh[3 * H :]
-    dc_dh = k_i[:, :, None] * w_i + k_f[:, :, None] * w_f + k_g[:, :, None] * w_g
-    jac = np.zeros((n, 2 * H, 2 * H), dtype=w_hh.dtype)
-    jac[:, :H, :H] = k_o[:, :, None] * w_o + k_c[:, :, None] * dc_dh
-    jac[:, H:, :H] = dc_dh
+    dc_dh = k_i[..., :, None] * w_i + k_f[..., :, None] * w_f + k_g[..., :, None] * w_g
+    jac = np.zeros((*f.shape[:-1], 2 * H, 2 * H), dtype=np.result_type(f, w_hh))
+    jac[..., :H, :H] = k_o[..., :, None] * w_o + k_c[..., :, None] * dc_dh
+    jac[..., H:, :H] = dc_dh
     idx = np.arange(H)
-    jac[:, idx, H + idx] = k_c * f
-    jac[:, H + idx, H + idx] = f
+    jac[..., idx, H + idx] = k_c * f
+    jac[..., H + idx, H + idx] = f
     return jac

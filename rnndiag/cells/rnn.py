@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._rows import matmul_rows, rows
+
 STATE_FACTOR = 1  # state size = STATE_FACTOR * H
 GATE_SCALE = (1.0,)  # forward takes pre and W_hh unscaled
 
@@ -81,21 +83,25 @@ def recurrent_grad(arrays, d_pre) -> np.ndarray:
     return d_pre
 
 
-def _phi_prime(arrays, t, nonlinearity):
-    return _derivative(arrays["h"][t], nonlinearity)
+def jacobian_factors(arrays, h0, c0, t, batch, *, nonlinearity: str = "tanh") -> tuple[np.ndarray, ...]:
+    """The diagonal factor of ``J_t`` for the steps ``t`` and rows ``batch``: ``(phi'(a_t),)``, each (..., H)."""
+    del h0, c0
+    return (_derivative(rows(arrays["h"], t, batch), nonlinearity),)
 
 
-def jvp(arrays, h0, c0, w_hh, t, v, *, nonlinearity: str = "tanh") -> np.ndarray:
-    """``J_t v`` for every batch row: v (B, H) -> (B, H)."""
-    return _phi_prime(arrays, t, nonlinearity) * (v @ w_hh.T)
+def jvp_rows(factors, w_hh, v) -> np.ndarray:
+    """``J v`` for each row vector ``v`` (..., H): ``phi' * (W_hh v)``."""
+    (d,) = factors
+    return d * matmul_rows(v, w_hh.T)
 
 
-def vjp(arrays, h0, c0, w_hh, t, u, *, nonlinearity: str = "tanh") -> np.ndarray:
-    """``u^T J_t`` for every batch row: u (B, H) -> (B, H)."""
-    return (_phi_prime(arrays, t, nonlinearity) * u) @ w_hh
+def vjp_rows(factors, w_hh, u) -> np.ndarray:
+    """``u^T J`` for each row vector ``u`` (..., H): ``W_hh^T (phi' * u)``."""
+    (d,) = factors
+    return matmul_rows(d * u, w_hh)
 
 
-def step_jacobian(arrays, h0, c0, w_hh, t, batch, *, nonlinearity: str = "tanh") -> np.ndarray:
-    """``J_t = diag(phi'(a_t)) W_hh`` for the rows ``batch``: (len(batch), H, H)."""
-    d = _phi_prime(arrays, t, nonlinearity)[batch]  # (b, H)
-    return d[:, :, None] * w_hh[None, :, :]
+def dense_jacobian(factors, w_hh) -> np.ndarray:
+    """``J = diag(phi') W_hh`` itself, (..., H, H)."""
+    (d,) = factors
+    return d[..., :, None] * w_hh
