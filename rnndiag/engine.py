@@ -65,6 +65,13 @@ class StepJacobians:
         """``u^T J`` for each row vector of ``u`` (lead..., [k...], S)."""
         return cell_module(self.cell).vjp_rows(self._broadcast(u), self.w_hh, u)
 
+    def rmatmul(self, m: np.ndarray) -> np.ndarray:
+        """``m @ J`` for a block of row vectors per Jacobian, ``m`` (lead..., R, S)."""
+        if m.ndim != len(self.shape) + 2 or m.shape[: len(self.shape)] != self.shape or \
+                m.shape[-1] != self.state_size:
+            raise ValueError(f"m must have shape {(*self.shape, 'R', self.state_size)}; got {m.shape}")
+        return cell_module(self.cell).rmatmul(self.factors, self.w_hh, m)
+
     def dense(self) -> np.ndarray:
         """The Jacobians themselves, (lead..., S, S)."""
         return cell_module(self.cell).dense_jacobian(self.factors, self.w_hh)

@@ -277,3 +277,15 @@ def test_implicit_jacobians_of_many_steps_match_the_dense_ones(setup):
         tr.layers[0].jacobians(np.array([0, T]))
     with pytest.raises(ValueError, match="vectors must have shape"):
         tr.layers[0].jacobians(steps, rows).jvp(np.zeros((3, S)))
+
+
+def test_rmatmul_is_the_row_block_product_with_the_jacobian(setup):
+    model, x, g, state0 = setup
+    tr = bptt(model, x, g, state0)
+    S = model.state_size
+    jac = tr.layers[1].jacobians(np.array([4, 0]), np.array([1, 0]))
+    m = np.random.default_rng(1).standard_normal((2, 2, 3, S))  # 3 row vectors per Jacobian
+    np.testing.assert_allclose(jac.rmatmul(m), m @ jac.dense(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(jac[0].rmatmul(m[0]), m[0] @ jac.dense()[0], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="m must have shape"):
+        jac.rmatmul(m[0])

@@ -20,7 +20,7 @@ from ..model import RNNModel
 from ._common import finite_or_none, jsonable, list_or_none
 from .flow import GradientFlow, fit_decay, horizon, last_step_chain, per_sequence_horizon
 from .gates import GateStats, gate_stats
-from .jacobians import product_norms
+from .jacobians import PRODUCT_TOL, product_norms
 from .lyapunov import LyapunovSpectrum, lyapunov_spectrum
 from .spectral import WeightSpectrum, weight_spectra
 from .verdict import SEVERITY, THRESHOLDS, RuleHit, advice, layer_verdict
@@ -310,19 +310,22 @@ def analyze(
             use = np.linalg.norm(given, axis=1) > 0
             start_h = np.where(use[:, None], given, probe_start)
         start = np.concatenate([start_h, np.zeros_like(start_h)], axis=1) if model.cell == "lstm" else start_h
+        grad_norm = _step_norms(lt.grad_h)  # (T, B)
         with np.errstate(all="ignore"):
-            log_last = last_step_chain(lt, start)
+            if _bptt_is_the_last_step_chain(lt, model, loss, grad_h, grad_norm):
+                log_last = np.log10(grad_norm)
+            else:
+                log_last = last_step_chain(lt, start)
             log_prod, log_step, converged = product_norms(lt, batch)
             lyap = lyapunov_spectrum(lt, batch, k=k, warmup=warmup, reortho_every=reortho_every, q0=q0, seed=seed or 0)
         med = np.median(log_last, axis=1)
         fit = fit_decay(med)
         jfit = fit_decay(np.median(log_prod, axis=1))
-        grad_norm = _step_norms(lt.grad_h)  # (T, B)
         flow = GradientFlow(lt.layer, grad_norm, log_last, log_prod, log_step, tuple(int(b) for b in batch), fit,
                             jfit, horizon(med, horizon_factor, fit.rate),
                             per_sequence_horizon(log_last, horizon_factor),
-                            ("SVD" if S <= 96 else "block power iteration") + ("" if converged else
-                                                                              " (not fully converged)"))
+                            ("SVD" if S <= 96 else "products: block power iteration; steps: Lanczos "
+                             f"(relative tolerance {PRODUCT_TOL:g})") + ("" if converged else " (not fully converged)"))
         gs = gate_stats(lt)
         fb = None
         if model.cell == "lstm" and model.bias:
@@ -352,6 +355,16 @@ def analyze(
                      tuple(ld.rule for ld in layers), tuple(layers), nonfinite,
                      grad_norm_total if math.isfinite(grad_norm_total) else None, clip, settings,
                      trace if keep_trace else None)
+
+
+def _bptt_is_the_last_step_chain(lt, model, loss, grad_h, grad_norm) -> bool:
+    """Whether BPTT already gave ``||dl/dh_t||`` of the last-step loss for every sequence: the last layer, a loss
+    on the last step only and non-zero there, and no norm below the normal range (no precision lost to
+    underflow) or non-finite. Then the separate VJP chain would only repeat it."""
+    if lt.layer != model.num_layers - 1 or loss != "last" or grad_h[:-1].any():
+        return False
+    tiny = np.finfo(lt.h.dtype).tiny / np.finfo(lt.h.dtype).eps
+    return bool(np.all(np.isfinite(grad_norm)) and grad_norm.min() > tiny)
 
 
 def _batch_indices(batch_sample, model, T, B, k, seed) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..engine import LayerTrace
 from ._common import finite_or_none, list_or_none
+from .jacobians import BLOCK_ELEMENTS
 
 MIN_FIT_STEPS = 10  # fewer steps than this: no decay rate is fitted
 
@@ -140,19 +141,24 @@ def last_step_chain(lt: LayerTrace, start: np.ndarray) -> np.ndarray:
     """``log10 ||dl/dh_t||`` (T, B) for ``l = <start, s_{T-1}>`` carried back by VJPs, renormalised each step."""
     T = lt.h.shape[0]
     H = lt.hidden_size
-    out = np.empty((T, start.shape[0]))
+    B = start.shape[0]
+    out = np.empty((T, B))
     g = np.array(start, dtype=np.float64)
-    log_scale = np.zeros(start.shape[0])
-    for t in range(T - 1, -1, -1):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[t] = (log_scale + np.log(np.linalg.norm(g[:, :H], axis=1))) / math.log(10)
-        if t == 0:
-            break
-        g = lt.vjp(t, g.astype(lt.h.dtype, copy=False)).astype(np.float64, copy=False)  # dl/ds_{t-1}
-        f = np.linalg.norm(g, axis=1)
-        with np.errstate(divide="ignore"):
-            log_scale += np.log(f)
-        g /= np.where(f > 0, f, 1.0)[:, None]
+    log_scale = np.zeros(B)
+    block = max(1, BLOCK_ELEMENTS // (B * lt.state_size))
+    for first in range((T - 1) // block * block, -1, -block):
+        jac = lt.jacobians(np.arange(first, min(first + block, T)), dtype=np.float64)  # all B rows
+        for a in range(jac.shape[0] - 1, -1, -1):
+            t = first + a
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[t] = (log_scale + np.log(np.linalg.norm(g[:, :H], axis=1))) / math.log(10)
+            if t == 0:
+                break
+            g = jac[a].vjp(g)  # dl/ds_{t-1}
+            f = np.linalg.norm(g, axis=1)
+            with np.errstate(divide="ignore"):
+                log_scale += np.log(f)
+            g /= np.where(f > 0, f, 1.0)[:, None]
     return out
 
 

@@ -1,8 +1,9 @@
-"""Products of step Jacobians, in log space, for a sample of the batch.
+"""Norms of step Jacobians and of their products, in log space, for a sample of the batch.
 
-Nothing here holds more than one step's Jacobians (n, S, S) for the n sampled sequences at a time; products are
-renormalised at every step and their scale kept as a logarithm, so sequences of 100,000 steps with per-step gains
-anywhere between 0.1 and 10 neither overflow nor underflow.
+The Jacobians stay implicit (:class:`rnndiag.engine.StepJacobians`: their diagonal factors, O(H) numbers per step
+and sequence); they act on vectors through one product with ``W_hh``. The running product of the n sampled
+sequences is held as an (n, S, S) array, renormalised at every step with its scale kept as a logarithm, so
+sequences of 100,000 steps with per-step gains anywhere between 0.1 and 10 neither overflow nor underflow.
 """
 
 from __future__ import annotations
@@ -11,89 +12,163 @@ import math
 
 import numpy as np
 
-from ..engine import LayerTrace
+from ..engine import LayerTrace, StepJacobians
 
 LOG10_E = math.log10(math.e)
+# relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
+# below anything a plot or a decay fit can show, and each decade costs iterations
+STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos, ||P_t||_2 by block power iteration
+BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 
 
-def top_singular_value(m: np.ndarray, v: np.ndarray, *, tol: float = 1e-12, max_iter: int = 200):
-    """Largest singular value of each matrix in ``m`` (n, R, C) by power iteration on ``m^T m``.
+def _unit_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a / ||a||`` along the last axis (zero rows stay zero) and the norms."""
+    norm = np.sqrt(np.einsum("...i,...i->...", a, a))
+    return a / np.where(norm > 0, norm, 1.0)[..., None], norm
 
-    ``v`` (n, C, 1) is the warm start (the previous step's answer); returns ``(sigma (n,), v, converged (n,))``.
-    ``sigma = ||m v||`` for a unit ``v`` is a lower bound that converges from below. It is exact at once when the
-    top singular values coincide (orthogonal products) and converges fast for long products, whose top singular
-    value separates from the rest; each iteration is two matrix-vector products (no factorisation).
+
+def top_singular_values(jac: StepJacobians, *, tol: float = 1e-12, max_steps: int = 64, seed: int = 0):
+    """``||J||_2`` of every Jacobian in ``jac`` by Golub-Kahan-Lanczos bidiagonalisation, batched over them all.
+
+    Returns ``(sigma jac.shape, converged bool)``. Each Lanczos step is one ``J v`` and one ``u^T J`` for every
+    Jacobian at once (a product with ``W_hh``), re-orthogonalised against the two previous basis vectors (the
+    extreme Ritz values are robust to the slow loss of orthogonality further back, and full re-orthogonalisation
+    would cost more than the products, and memory); the top singular value of the bidiagonal matrix converges
+    from below to ``||J||_2`` and is checked every few steps against ``tol`` (relative). It is exact as soon as
+    the Krylov space is invariant (e.g. ``J = aQ`` after one step).
     """
-    mT = np.swapaxes(m, 1, 2)
-    mv = m @ v  # (n, R, 1)
-    sigma_old = np.sqrt(np.einsum("nri,nri->n", mv, mv))
+    lead, S = jac.shape, jac.state_size
+    K = min(S, max_steps)
+    bidiag = np.zeros((*lead, K, K))  # upper bidiagonal: alpha_j on the diagonal, beta_j above it
+    v, _ = _unit_rows(np.random.default_rng(seed).standard_normal((*lead, S)))
+    u, alpha = _unit_rows(jac.jvp(v))
+    vs, us = [v], [u]  # the last two basis vectors of each side
+    bidiag[..., 0, 0] = alpha
+    scale = alpha.copy()  # the largest entry so far: below 1e-13 of it a new direction is rounding noise
+    sigma = alpha.copy()
+    checks = set(range(16, K, 4))
+    for j in range(1, K):
+        w = _reorthogonalise(jac.vjp(u) - alpha[..., None] * v, vs)  # A^T u_{j-1} - alpha_{j-1} v_{j-1}
+        v, beta = _unit_rows(w)
+        dead = beta <= 1e-13 * scale
+        v[dead] = 0.0
+        beta = np.where(dead, 0.0, beta)
+        u = _reorthogonalise(jac.jvp(v) - beta[..., None] * u, us)  # A v_j - beta_j u_{j-1}
+        u, alpha = _unit_rows(u)
+        dead = alpha <= 1e-13 * np.maximum(scale, beta)
+        u[dead] = 0.0
+        alpha = np.where(dead, 0.0, alpha)
+        vs, us = [vs[-1], v], [us[-1], u]
+        bidiag[..., j - 1, j] = beta
+        bidiag[..., j, j] = alpha
+        scale = np.maximum(scale, np.maximum(alpha, beta))
+        if j + 1 in checks or j == K - 1:
+            b = bidiag[..., : j + 1, : j + 1]
+            new = np.sqrt(np.maximum(np.linalg.eigvalsh(np.swapaxes(b, -1, -2) @ b)[..., -1], 0.0))
+            done = np.abs(new - sigma) <= tol * np.maximum(new, 1e-300)
+            sigma = new
+            if done.all():
+                return sigma, True
+    return sigma, False
+
+
+def _reorthogonalise(w: np.ndarray, basis: list[np.ndarray]) -> np.ndarray:
+    """``w`` minus its projections on the orthonormal vectors ``basis`` (each (..., S)) (Gram-Schmidt)."""
+    for b in basis:
+        w = w - np.einsum("...s,...s->...", b, w)[..., None] * b
+    return w
+
+
+def top_left_singular_value(m: np.ndarray, u: np.ndarray, *, tol: float = 1e-10, max_iter: int = 100):
+    """Largest singular value of each matrix in ``m`` (n, S, S) by block power iteration on ``m m^T``.
+
+    ``u`` (n, S, p) is the warm start: an orthonormal basis of the top-p left singular subspace of the previous,
+    one step shorter product. Each iteration takes the Rayleigh-Ritz value on the block (the top eigenvalue of the
+    p x p matrix ``u^T m m^T u``), which converges from below at the rate ``(sigma_{p+1} / sigma_1)^2`` even
+    where the top two singular values nearly coincide; it stops when the error estimated from the last two
+    changes of the value is below ``tol`` (relative). Returns ``(sigma (n,), u, converged (n,))``.
+    """
+    sigma_old = np.full(m.shape[0], np.nan)
+    change_old = np.full(m.shape[0], np.nan)
     converged = np.zeros(m.shape[0], dtype=bool)
     for _ in range(max_iter):
-        v = mT @ mv  # (n, C, 1)
-        norm = np.sqrt(np.einsum("nci,nci->n", v, v))
-        v /= np.where(norm > 0, norm, 1.0)[:, None, None]
-        mv = m @ v
-        sigma = np.sqrt(np.einsum("nri,nri->n", mv, mv))
-        converged = np.abs(sigma - sigma_old) <= tol * np.maximum(sigma, 1e-300)
-        sigma_old = sigma
+        wT = np.swapaxes(np.swapaxes(u, 1, 2) @ m, 1, 2)  # m^T u (n, S, p), m read in its own (row) order
+        gram = np.swapaxes(wT, 1, 2) @ wT  # u^T m m^T u, (n, p, p)
+        sigma = np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[:, -1], 0.0))
+        change = np.abs(sigma - sigma_old)  # NaN on the first iteration
+        # the error left after a linearly converging iteration with ratio r is about change * r / (1 - r), with
+        # r estimated from two successive changes; with one change only, it must be 100x below tol
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.minimum(change / change_old, 0.99)
+            error = np.where(np.isnan(change_old), 100.0 * change, np.where(change == 0, 0.0,
+                                                                             change * ratio / (1.0 - ratio)))
+        converged = error <= tol * np.maximum(sigma, 1e-300)  # False while NaN
+        sigma_old, change_old = sigma, change
         if converged.all():
             break
-    return sigma_old, v, converged
-
-
-def exact_top_singular_value(m: np.ndarray) -> np.ndarray:
-    """``||m||_2`` of each (n, R, C) matrix by SVD."""
-    return np.linalg.svd(m, compute_uv=False)[:, 0]
+        u = np.linalg.qr(m @ wT)[0]
+    return sigma_old, u, converged
 
 
 def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = None):
     """``log10 ||d s_{T-1} / d s_t||_2`` for t = 0..T-1 and ``log10 ||J_t||_2``, for the rows ``batch``.
 
     Returns ``(log10_product (T, n), log10_step (T, n), converged: bool)``. The product at t = T-1 is the
-    identity (0). ``exact`` uses an SVD every step (default: when S <= 96); otherwise warm-started block power
-    iteration to a relative tolerance of 1e-12.
+    identity (0). ``exact`` uses SVDs of formed matrices (default: when S <= 96); otherwise the step norms come
+    from Lanczos bidiagonalisation and the product norms from warm-started block power iteration, both to the
+    relative tolerances ``STEP_TOL`` and ``PRODUCT_TOL``.
     """
     T = lt.h.shape[0]
     S = lt.state_size
-    n = len(batch)
+    batch = np.asarray(batch, dtype=int)
+    n = batch.size
     if exact is None:
         exact = S <= 96
-    dtype = np.float64
     log_prod = np.zeros((T, n))
     log_step = np.empty((T, n))
-    m = np.broadcast_to(np.eye(S, dtype=dtype), (n, S, S)).copy()  # normalised P_t
+    m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # the normalised product, P_{t+1} = J_{T-1} ... J_{t+1}
     log_scale = np.zeros(n)
-    p = 1
-    rng = np.random.default_rng(0)
-    v_prod = np.linalg.qr(rng.standard_normal((n, S, p)))[0]
-    v_step = v_prod.copy()
+    u = np.linalg.qr(np.random.default_rng(0).standard_normal((n, S, min(S, 4))))[0]
     all_converged = True
-    jac_next = None  # J_{t+1}, carried from the previous round
-    for t in range(T - 1, -1, -1):
-        jac = lt.step_jacobian(t, batch).astype(dtype, copy=False)  # (n, S, S): J_t
-        if exact:
-            log_step[t] = np.log10(exact_top_singular_value(jac))
-        else:
-            # a plotted quantity: 10 power iterations warm-started from the previous step's vector
-            s, v_step, _ = top_singular_value(jac, v_step, tol=1e-6, max_iter=10)
-            log_step[t] = np.log10(s)
-        if t < T - 1:
-            _advance(m, jac_next, log_scale)
-            if exact:
-                sig = exact_top_singular_value(m)
-            else:
-                sig, v_prod, ok = top_singular_value(m, v_prod, tol=1e-10, max_iter=100)
-                all_converged &= bool(ok.all())
+    block = max(1, BLOCK_ELEMENTS // (n * S))
+    for start in range((T - 1) // block * block, -1, -block):
+        steps = np.arange(start, min(start + block, T))
+        jac = lt.jacobians(steps, batch, dtype=np.float64)  # (len(steps), n) implicit Jacobians
+        log_step[steps], ok = _log10_step_norms(jac, exact)
+        all_converged &= ok
+        for a in range(len(steps) - 1, -1, -1):
+            t = int(steps[a])
+            if t == 0:
+                break  # J_0 maps s_{-1} (the initial state) to s_0: not part of any d s_{T-1} / d s_t
+            m = jac[a].rmatmul(m)  # P_{t-1} = P_t J_t
+            f = np.sqrt(np.einsum("nij,nij->n", m, m))
             with np.errstate(divide="ignore"):
-                log_prod[t] = (log_scale + np.log(sig)) * LOG10_E
-        jac_next = jac  # P_{t-1} = P_t J_t
+                log_scale += np.log(f)
+            m /= np.where(f > 0, f, 1.0)[:, None, None]
+            if exact:
+                sig = np.linalg.svd(m, compute_uv=False)[:, 0]
+            else:
+                sig, u, conv = top_left_singular_value(m, u, tol=PRODUCT_TOL)
+                all_converged &= bool(conv.all())
+            with np.errstate(divide="ignore"):
+                log_prod[t - 1] = (log_scale + np.log(sig)) * LOG10_E
     return log_prod, log_step, all_converged
 
 
-def _advance(m: np.ndarray, jac: np.ndarray, log_scale: np.ndarray) -> None:
-    """``m <- m @ jac`` renormalised to unit Frobenius norm, the scale added to ``log_scale`` (in place)."""
-    m[...] = m @ jac
-    f = np.linalg.norm(m, axis=(1, 2))
-    with np.errstate(divide="ignore"):
-        log_scale += np.log(f)
-    m /= np.where(f > 0, f, 1.0)[:, None, None]
+def _log10_step_norms(jac: StepJacobians, exact: bool) -> tuple[np.ndarray, bool]:
+    """``log10 ||J||_2`` for a block of implicit Jacobians (m, n), in sub-blocks that bound the memory."""
+    m, n = jac.shape
+    S = jac.state_size
+    out = np.empty((m, n))
+    ok = True
+    per = max(1, BLOCK_ELEMENTS // (n * S * S)) if exact else m
+    for s in range(0, m, per):
+        sub = jac[s : s + per]
+        if exact:
+            sigma = np.linalg.svd(sub.dense(), compute_uv=False)[..., 0]
+        else:
+            sigma, conv = top_singular_values(sub, tol=STEP_TOL)
+            ok &= conv
+        with np.errstate(divide="ignore"):
+            out[s : s + per] = np.log10(sigma)
+    return out, ok

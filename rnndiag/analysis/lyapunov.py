@@ -18,6 +18,7 @@ import numpy as np
 
 from ..engine import LayerTrace
 from ._common import list_or_none
+from .jacobians import BLOCK_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -81,28 +82,32 @@ def lyapunov_spectrum(
     if q0 is None:
         q0 = "identity" if k == S else "random"
     if q0 == "identity":
-        q = np.broadcast_to(np.eye(S, k), (n, S, k)).copy()
+        q = np.broadcast_to(np.eye(k, S), (n, k, S)).copy()  # the frame's k vectors as rows
     elif q0 == "random":
-        q = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, S, k)))[0]
+        q = np.swapaxes(np.linalg.qr(np.random.default_rng(seed).standard_normal((n, S, k)))[0], 1, 2)
     else:
         raise ValueError(f"q0 must be 'identity' or 'random'; got {q0!r}")
     log_sum = np.zeros((n, k))
     steps = 0
     pending = 0  # steps applied since the last QR
-    for t in range(T):
-        q = lt.step_jacobian(t, batch).astype(np.float64, copy=False) @ q  # (n, S, k)
-        pending += 1
-        if pending == reortho_every or t == T - 1 or t == warmup - 1:  # a QR at the warm-up's end too
-            q, r = np.linalg.qr(q)
-            d = np.diagonal(r, axis1=1, axis2=2)
-            sign = np.where(d < 0, -1.0, 1.0)
-            q *= sign[:, None, :]  # fix signs so that diag(R) > 0
-            if t >= warmup:
-                counted = min(pending, t - warmup + 1)
-                with np.errstate(divide="ignore"):
-                    log_sum += np.log(np.abs(d)) * (counted / pending)
-                steps += counted
-            pending = 0
+    block = max(1, BLOCK_ELEMENTS // (n * S))
+    for start in range(0, T, block):
+        jac = lt.jacobians(np.arange(start, min(start + block, T)), batch, dtype=np.float64)
+        for a in range(jac.shape[0]):
+            t = start + a
+            q = jac[a].jvp(q)  # J_t Q_{t-1}, column by column (the rows of q)
+            pending += 1
+            if pending == reortho_every or t == T - 1 or t == warmup - 1:  # a QR at the warm-up's end too
+                qt, r = np.linalg.qr(np.swapaxes(q, 1, 2))  # (n, S, k), (n, k, k)
+                d = np.diagonal(r, axis1=1, axis2=2)
+                sign = np.where(d < 0, -1.0, 1.0)
+                q = np.swapaxes(qt, 1, 2) * sign[:, :, None]  # fix signs so that diag(R) > 0
+                if t >= warmup:
+                    counted = min(pending, t - warmup + 1)
+                    with np.errstate(divide="ignore"):
+                        log_sum += np.log(np.abs(d)) * (counted / pending)
+                    steps += counted
+                pending = 0
     per_seq = log_sum / max(steps, 1)
     per_seq = -np.sort(-per_seq, axis=1)
     with np.errstate(invalid="ignore"):  # -inf exponents (singular Jacobians): equal values have no spread

@@ -1,6 +1,6 @@
 """Recurrent cells as pure functions over arrays, in PyTorch's parameter layout.
 
-Each cell module has the same seven functions, all batched over ``B``, and a constant ``GATE_SCALE``:
+Each cell module has the same eight functions, all batched over ``B``, and a constant ``GATE_SCALE``:
 
 ``GATE_SCALE``
     One factor per gate block (PyTorch's gate order), a power of two: the engine multiplies the rows of ``W_ih``,
@@ -30,6 +30,9 @@ Each cell module has the same seven functions, all batched over ``B``, and a con
 ``jvp_rows(factors, w_hh, v)`` / ``vjp_rows(factors, w_hh, u)``
     ``J v`` and ``u^T J`` for stacks of row vectors (..., S) whose leading axes broadcast against the factors';
     the weight product is one 2-D matrix product over all rows.
+``rmatmul(factors, w_hh, m)``
+    ``m J`` for blocks of row vectors ``m`` (..., R, S), by whichever route costs the fewest flops for the cell
+    (for products of many Jacobians).
 ``dense_jacobian(factors, w_hh)``
     ``J`` itself, (..., S, S). Formed only on request.
 

@@ -101,6 +101,12 @@ def vjp_rows(factors, w_hh, u) -> np.ndarray:
     return matmul_rows(d * u, w_hh)
 
 
+def rmatmul(factors, w_hh, m) -> np.ndarray:
+    """``m J = (m diag(phi')) W_hh`` for blocks of row vectors ``m`` (..., R, H): one 2-D product."""
+    (d,) = factors
+    return matmul_rows(m * d[..., None, :], w_hh)
+
+
 def dense_jacobian(factors, w_hh) -> np.ndarray:
     """``J = diag(phi') W_hh`` itself, (..., H, H)."""
     (d,) = factors
