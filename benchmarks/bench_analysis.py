@@ -78,26 +78,34 @@ def torch_jacobians(model, x, batch, steps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--memory", action="store_true", help="peak memory of analyze on LSTM T=1000, H=256")
     args = ap.parse_args()
     B, T, I, H = 32, 100, 32, 128
-    print(f"full analysis vs BPTT, (B={B}, T={T}, I={I}, H={H}), float64, median of {args.reps}")
+    print(f"full analysis vs BPTT, (B={B}, T={T}, I={I}, H={H}), float64, medians of {args.reps} interleaved "
+          "pairs (ratio: median of the paired ratios)")
     print(f"{'cell':9s} {'bptt s':>9s} {'analyze s':>10s} {'ratio':>7s} {'sampled':>8s} {'jacrev s':>9s} "
           f"{'ours J s':>9s}")
     for cell in ("lstm", "gru", "rnn_tanh"):
         model = rnndiag.init_model(cell, I, H, seed=0)
         x = np.random.default_rng(0).standard_normal((T, B, I))
         g = probe_grad_h("last", T, B, H, 0, np.float64)
-        t_bptt = median_time(lambda: rnndiag.bptt(model, x, g), args.reps)  # noqa: B023
         diag = analyze(model, x)
-        t_an = median_time(lambda: analyze(model, x), args.reps)  # noqa: B023
+        # interleaved, so that both see the same machine load; the ratio is the median of the paired ratios
+        pairs = []
+        for _ in range(args.reps):
+            t_b = median_time(lambda: rnndiag.bptt(model, x, g), 1)  # noqa: B023
+            t_a = median_time(lambda: analyze(model, x), 1)  # noqa: B023
+            pairs.append((t_b, t_a))
+        t_bptt = statistics.median(p[0] for p in pairs)
+        t_an = statistics.median(p[1] for p in pairs)
+        ratio = statistics.median(p[1] / p[0] for p in pairs)
         batch = np.asarray(diag.layers[0].flow.jacobian_batch)
         tr = rnndiag.forward(model, x)
         t_ours_j = median_time(lambda: [tr.step_jacobian(t, batch=batch) for t in range(1, T)], 3)  # noqa: B023
         t_torch = torch_jacobians(model, x, batch, T)
         tj = f"{t_torch:9.3f}" if t_torch is not None else f"{'n/a':>9s}"
-        print(f"{cell:9s} {t_bptt:9.3f} {t_an:10.3f} {t_an / t_bptt:7.2f} {len(batch):>4d}/{B:<3d} {tj} "
+        print(f"{cell:9s} {t_bptt:9.3f} {t_an:10.3f} {ratio:7.2f} {len(batch):>4d}/{B:<3d} {tj} "
               f"{t_ours_j:9.3f}")
     if args.memory:
         B, T, I, H = 32, 1000, 32, 256

@@ -171,10 +171,16 @@ def probe_grad_h(loss: str, T: int, B: int, H: int, seed: int | None, dtype) -> 
 
 def _auto_sample(model: RNNModel, T: int, B: int, k: int) -> int:
     """How many sequences the Jacobian products and Lyapunov exponents can afford: about 2x the BPTT's flops,
-    and never less than what ~0.1 s of work buys (so small problems use the whole batch)."""
+    and never less than what ~0.1 s of work buys (so small problems use the whole batch).
+
+    Per sequence and step: the product ``P_t J_t`` (LSTM: ``4 S H^2`` through ``[dc/dh; W_o]``; GRU/RNN: ``2 H^3``
+    on the formed J) and its block power iterations (~``64 S^2``), ~40 Lanczos steps of one ``J v`` and one
+    ``u^T J`` (``2 G H^2`` each) for ``||J_t||``, and the Lyapunov frame (k Jacobian-vector products and a QR).
+    """
     G, H, I, L, S = model.gate_count, model.hidden_size, model.input_size, model.num_layers, model.state_size
     bptt_flops = 6.0 * T * B * G * H * (H + I) * L
-    per_seq = T * L * (2.0 * S**3 + 2.0 * S * S * k + 4.0 * S * k * k + 2.0 * S * S * G)
+    product = 4.0 * S * H * H if model.cell == "lstm" else 2.0 * H**3
+    per_seq = T * L * (product + 64.0 * S * S + 160.0 * G * H * H + 2.0 * k * G * H * H + 4.0 * S * k * k)
     return int(max(1, min(B, max(2.0 * bptt_flops, 1e9) // per_seq)))
 
 
