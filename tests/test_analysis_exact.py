@@ -401,3 +401,23 @@ def test_iterative_norms_match_svd_on_random_driven_networks(cell):
         prod = prod @ dense[t]
         np.testing.assert_allclose(ref_prod[t - 1], np.log10(np.linalg.norm(prod, 2, axis=(1, 2))), atol=1e-12)
     np.testing.assert_allclose(ref_step, np.log10(np.linalg.norm(np.array(dense), 2, axis=(2, 3))), atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gate_statistics_equal_their_direct_definitions(cell):
+    """The one-pass bincount route against np.histogram and the saturation thresholds applied value by value."""
+    model = rnndiag.init_model(cell, 3, 6, seed=4)
+    lt = rnndiag.forward(model, 3.0 * np.random.default_rng(5).standard_normal((40, 5, 3))).layers[0]
+    gs = gate_stats(lt)
+    H = 6
+    for k, st in enumerate(gs.gates.values()):
+        v = lt.arrays["gates"][:, :, k * H : (k + 1) * H]
+        low, lo, hi = (0.0, 0.1, 0.9) if st.kind == "sigmoid" else (-1.0, -0.9, 0.9)
+        counts, edges = np.histogram(v, bins=20, range=(low, 1.0))
+        np.testing.assert_array_equal(st.hist_counts, counts)
+        np.testing.assert_allclose(st.hist_edges, edges, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(st.unit_left, (v < lo).mean(axis=(0, 1)), rtol=0, atol=1e-15)
+        np.testing.assert_allclose(st.unit_right, (v > hi).mean(axis=(0, 1)), rtol=0, atol=1e-15)
+        assert st.left_saturated == pytest.approx((v < lo).mean(), abs=1e-15)
+        assert st.mean == pytest.approx(v.mean(), rel=1e-14)
+        assert 0 < st.left_saturated + st.right_saturated < 1  # the inputs drive some values into each tail

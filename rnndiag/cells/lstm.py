@@ -219,28 +219,28 @@ def vjp_rows(factors, w_hh, u) -> np.ndarray:
 def rmatmul(factors, w_hh, m) -> np.ndarray:
     r"""``m J`` for blocks of row vectors ``m`` (..., R, 2H): half the flops of ``m @ dense_jacobian``.
 
-    With :math:`B = \partial c_t / \partial h_{t-1}` (H x H, formed once per Jacobian) the left block of ``m J`` is
-    ``[m_h k^c + m_c, m_h k^o] @ [B; W^o]`` (one (R, 2H) @ (2H, H) product) and the right block
-    ``(m_h k^c + m_c) f``.
+    The left block column :math:`[\partial h_t / \partial h_{t-1}; \partial c_t / \partial h_{t-1}]` (2H x H) is
+    formed from the gate blocks of ``W_hh`` (O(H^2) work) and multiplied in one (R, 2H) @ (2H, H) product; the
+    right block column is diagonal, ``[k^c f; f]``, and costs two scaled copies of ``m``'s halves.
     """
-    k_i, k_f, k_g, k_o, k_c, f = (k[..., None, :] for k in factors)  # (..., 1, H): broadcast over the R rows
+    k_i, k_f, k_g, k_o, k_c, f = (k[..., :, None] for k in factors)  # (..., H, 1): scale the rows of W blocks
     H = w_hh.shape[1]
     dtype = np.result_type(m, w_hh)
-    stack = np.empty((*factors[0].shape[:-1], 2 * H, H), dtype)  # [B; W^o]
-    dc_dh = stack[..., :H, :]
-    np.multiply(np.swapaxes(k_i, -1, -2), w_hh[:H], out=dc_dh)
-    dc_dh += np.swapaxes(k_f, -1, -2) * w_hh[H : 2 * H]
-    dc_dh += np.swapaxes(k_g, -1, -2) * w_hh[2 * H : 3 * H]
-    stack[..., H:, :] = w_hh[3 * H :]
-    m_h, m_c = m[..., :H], m[..., H:]
-    left = np.empty((*m.shape[:-1], 2 * H), dtype)
-    y = left[..., :H]
-    np.multiply(m_h, k_c, out=y)
-    y += m_c
-    np.multiply(m_h, k_o, out=left[..., H:])
+    left = np.empty((*factors[0].shape[:-1], 2 * H, H), dtype)  # [dh/dh; dc/dh]
+    dc_dh = left[..., H:, :]
+    np.multiply(k_i, w_hh[:H], out=dc_dh)
+    dc_dh += k_f * w_hh[H : 2 * H]
+    dc_dh += k_g * w_hh[2 * H : 3 * H]
+    dh_dh = left[..., :H, :]
+    np.multiply(k_c, dc_dh, out=dh_dh)
+    dh_dh += k_o * w_hh[3 * H :]
     out = np.empty((*m.shape[:-1], 2 * H), dtype)
-    out[..., :H] = left @ stack
-    np.multiply(y, f, out=out[..., H:])
+    np.matmul(m, left, out=out[..., :H])
+    # the right block column: m_h (k^c f) + m_c f = (m_h k^c + m_c) f
+    right = out[..., H:]
+    np.multiply(m[..., :H], factors[4][..., None, :], out=right)
+    right += m[..., H:]
+    right *= factors[5][..., None, :]
     return out
 
 
