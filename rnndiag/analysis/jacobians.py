@@ -18,6 +18,7 @@ LOG10_E = math.log10(math.e)
 # relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
 # below anything a plot or a decay fit can show, and each decade costs iterations
 STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos, ||P_t||_2 by block power iteration
+RESCALE_AT = 115.0  # |ln ||m|| | above which the running product is rescaled (e^115 ~ 1e50)
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 
 
@@ -31,37 +32,31 @@ def top_singular_values(jac: StepJacobians, *, tol: float = 1e-12, max_steps: in
     """``||J||_2`` of every Jacobian in ``jac`` by Golub-Kahan-Lanczos bidiagonalisation, batched over them all.
 
     Returns ``(sigma jac.shape, converged bool)``. Each Lanczos step is one ``J v`` and one ``u^T J`` for every
-    Jacobian at once (a product with ``W_hh``), re-orthogonalised against the two previous basis vectors (the
-    extreme Ritz values are robust to the slow loss of orthogonality further back, and full re-orthogonalisation
-    would cost more than the products, and memory); the top singular value of the bidiagonal matrix converges
-    from below to ``||J||_2`` and is checked every few steps against ``tol`` (relative). It is exact as soon as
-    the Krylov space is invariant (e.g. ``J = aQ`` after one step).
+    Jacobian at once (a product with ``W_hh``), re-orthogonalised against the previous basis vector of its side
+    (the extreme Ritz values are robust to the slow loss of orthogonality further back, and full
+    re-orthogonalisation would cost more than the products, and memory); the top singular value of the
+    bidiagonal matrix converges from below to ``||J||_2`` and is checked every few steps against ``tol``
+    (relative). It is exact as soon as the Krylov space is invariant (e.g. ``J = aQ`` after one step).
     """
     lead, S = jac.shape, jac.state_size
     K = min(S, max_steps)
     bidiag = np.zeros((*lead, K, K))  # upper bidiagonal: alpha_j on the diagonal, beta_j above it
     v, _ = _unit_rows(np.random.default_rng(seed).standard_normal((*lead, S)))
     u, alpha = _unit_rows(jac.jvp(v))
-    vs, us = [v], [u]  # the last two basis vectors of each side
     bidiag[..., 0, 0] = alpha
     scale = alpha.copy()  # the largest entry so far: below 1e-13 of it a new direction is rounding noise
     sigma = alpha.copy()
     checks = set(range(16, K, 4))
     for j in range(1, K):
-        w = _reorthogonalise(jac.vjp(u) - alpha[..., None] * v, vs)  # A^T u_{j-1} - alpha_{j-1} v_{j-1}
-        v, beta = _unit_rows(w)
-        dead = beta <= 1e-13 * scale
-        v[dead] = 0.0
-        beta = np.where(dead, 0.0, beta)
-        u = _reorthogonalise(jac.jvp(v) - beta[..., None] * u, us)  # A v_j - beta_j u_{j-1}
-        u, alpha = _unit_rows(u)
-        dead = alpha <= 1e-13 * np.maximum(scale, beta)
-        u[dead] = 0.0
-        alpha = np.where(dead, 0.0, alpha)
-        vs, us = [vs[-1], v], [us[-1], u]
+        w = jac.vjp(u)
+        w -= alpha[..., None] * v  # A^T u_{j-1} - alpha_{j-1} v_{j-1}
+        v, beta = _next_basis_vector(w, v, scale)
+        u_new = jac.jvp(v)
+        u_new -= beta[..., None] * u  # A v_j - beta_j u_{j-1}
+        u, alpha = _next_basis_vector(u_new, u, np.maximum(scale, beta))
         bidiag[..., j - 1, j] = beta
         bidiag[..., j, j] = alpha
-        scale = np.maximum(scale, np.maximum(alpha, beta))
+        np.maximum(scale, np.maximum(alpha, beta), out=scale)
         if j + 1 in checks or j == K - 1:
             b = bidiag[..., : j + 1, : j + 1]
             new = np.sqrt(np.maximum(np.linalg.eigvalsh(np.swapaxes(b, -1, -2) @ b)[..., -1], 0.0))
@@ -72,11 +67,14 @@ def top_singular_values(jac: StepJacobians, *, tol: float = 1e-12, max_steps: in
     return sigma, False
 
 
-def _reorthogonalise(w: np.ndarray, basis: list[np.ndarray]) -> np.ndarray:
-    """``w`` minus its projections on the orthonormal vectors ``basis`` (each (..., S)) (Gram-Schmidt)."""
-    for b in basis:
-        w = w - np.einsum("...s,...s->...", b, w)[..., None] * b
-    return w
+def _next_basis_vector(w: np.ndarray, prev: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``w`` re-orthogonalised against the previous vector of its side, normalised; and its norm. A norm below
+    1e-13 of ``scale`` is rounding noise (the Krylov space is exhausted): the vector and its norm become 0."""
+    w -= np.einsum("...s,...s->...", prev, w)[..., None] * prev
+    norm = np.sqrt(np.einsum("...s,...s->...", w, w))
+    keep = norm > 1e-13 * scale
+    w *= np.where(keep, 1.0 / np.where(keep, norm, 1.0), 0.0)[..., None]
+    return w, np.where(keep, norm, 0.0)
 
 
 def top_left_singular_value(m: np.ndarray, u: np.ndarray, *, tol: float = 1e-10, max_iter: int = 100):
@@ -126,7 +124,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
         exact = S <= 96
     log_prod = np.zeros((T, n))
     log_step = np.empty((T, n))
-    m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # the normalised product, P_{t+1} = J_{T-1} ... J_{t+1}
+    m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale)
     log_scale = np.zeros(n)
     u = np.linalg.qr(np.random.default_rng(0).standard_normal((n, S, min(S, 4))))[0]
     all_converged = True
@@ -140,18 +138,22 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
             t = int(steps[a])
             if t == 0:
                 break  # J_0 maps s_{-1} (the initial state) to s_0: not part of any d s_{T-1} / d s_t
-            m = jac[a].rmatmul(m)  # P_{t-1} = P_t J_t
-            f = np.sqrt(np.einsum("nij,nij->n", m, m))
-            with np.errstate(divide="ignore"):
-                log_scale += np.log(f)
-            m /= np.where(f > 0, f, 1.0)[:, None, None]
+            m = jac[a].rmatmul(m)  # P_{t-1} = P_t J_t (times exp(-log_scale))
             if exact:
                 sig = np.linalg.svd(m, compute_uv=False)[:, 0]
             else:
                 sig, u, conv = top_left_singular_value(m, u, tol=PRODUCT_TOL)
                 all_converged &= bool(conv.all())
             with np.errstate(divide="ignore"):
-                log_prod[t - 1] = (log_scale + np.log(sig)) * LOG10_E
+                log_sig = np.log(sig)
+            log_prod[t - 1] = (log_scale + log_sig) * LOG10_E
+            # rescale only when the norm leaves [1e-50, 1e50] (one step grows it by at most ||J_t||): no pass
+            # over m on most steps, and no overflow or underflow on any
+            far = np.abs(log_sig) > RESCALE_AT
+            if far.any():
+                ok = far & np.isfinite(log_sig)
+                m[ok] /= sig[ok, None, None]
+                log_scale[ok] += log_sig[ok]
     return log_prod, log_step, all_converged
 
 
