@@ -78,12 +78,12 @@ def torch_jacobians(model, x, batch, steps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=5, help="blocks of 3 runs each")
     ap.add_argument("--memory", action="store_true", help="peak memory of analyze on LSTM T=1000, H=256")
     args = ap.parse_args()
     B, T, I, H = 32, 100, 32, 128
-    print(f"full analysis vs BPTT, (B={B}, T={T}, I={I}, H={H}), float64, medians of {args.reps} interleaved "
-          "pairs (ratio: median of the paired ratios)")
+    print(f"full analysis vs BPTT, (B={B}, T={T}, I={I}, H={H}), float64, medians of {3 * args.reps} runs each "
+          "in alternating blocks of 3 (ratio: of the medians)")
     print(f"{'cell':9s} {'bptt s':>9s} {'analyze s':>10s} {'ratio':>7s} {'sampled':>8s} {'jacrev s':>9s} "
           f"{'ours J s':>9s}")
     for cell in ("lstm", "gru", "rnn_tanh"):
@@ -91,15 +91,14 @@ def main():
         x = np.random.default_rng(0).standard_normal((T, B, I))
         g = probe_grad_h("last", T, B, H, 0, np.float64)
         diag = analyze(model, x)
-        # interleaved, so that both see the same machine load; the ratio is the median of the paired ratios
-        pairs = []
+        # alternating blocks of 3 runs each, so that both see the same machine load (and neither is always the
+        # first run after the other); the ratio is the ratio of the medians
+        t_b, t_a = [], []
         for _ in range(args.reps):
-            t_b = median_time(lambda: rnndiag.bptt(model, x, g), 1)  # noqa: B023
-            t_a = median_time(lambda: analyze(model, x), 1)  # noqa: B023
-            pairs.append((t_b, t_a))
-        t_bptt = statistics.median(p[0] for p in pairs)
-        t_an = statistics.median(p[1] for p in pairs)
-        ratio = statistics.median(p[1] / p[0] for p in pairs)
+            t_b += [median_time(lambda: rnndiag.bptt(model, x, g), 1) for _ in range(3)]  # noqa: B023
+            t_a += [median_time(lambda: analyze(model, x), 1) for _ in range(3)]  # noqa: B023
+        t_bptt, t_an = statistics.median(t_b), statistics.median(t_a)
+        ratio = t_an / t_bptt
         batch = np.asarray(diag.layers[0].flow.jacobian_batch)
         tr = rnndiag.forward(model, x)
         t_ours_j = median_time(lambda: [tr.step_jacobian(t, batch=batch) for t in range(1, T)], 3)  # noqa: B023

@@ -174,13 +174,13 @@ def _auto_sample(model: RNNModel, T: int, B: int, k: int) -> int:
     and never less than what ~0.1 s of work buys (so small problems use the whole batch).
 
     Per sequence and step: the product ``P_t J_t`` (LSTM: ``4 S H^2`` through ``[dc/dh; W_o]``; GRU/RNN: ``2 H^3``
-    on the formed J) and its block power iterations (~``64 S^2``), ~40 Lanczos steps of one ``J v`` and one
+    on the formed J) and its warm-started Lanczos (~``16 S^2``), ~40 Lanczos steps of one ``J v`` and one
     ``u^T J`` (``2 G H^2`` each) for ``||J_t||``, and the Lyapunov frame (k Jacobian-vector products and a QR).
     """
     G, H, I, L, S = model.gate_count, model.hidden_size, model.input_size, model.num_layers, model.state_size
     bptt_flops = 6.0 * T * B * G * H * (H + I) * L
     product = 4.0 * S * H * H if model.cell == "lstm" else 2.0 * H**3
-    per_seq = T * L * (product + 64.0 * S * S + 160.0 * G * H * H + 2.0 * k * G * H * H + 4.0 * S * k * k)
+    per_seq = T * L * (product + 16.0 * S * S + 160.0 * G * H * H + 2.0 * k * G * H * H + 4.0 * S * k * k)
     return int(max(1, min(B, max(2.0 * bptt_flops, 1e9) // per_seq)))
 
 
@@ -330,7 +330,7 @@ def analyze(
         flow = GradientFlow(lt.layer, grad_norm, log_last, log_prod, log_step, tuple(int(b) for b in batch), fit,
                             jfit, horizon(med, horizon_factor, fit.rate),
                             per_sequence_horizon(log_last, horizon_factor),
-                            ("SVD" if S <= 96 else "products: block power iteration; steps: Lanczos "
+                            ("SVD" if S <= 96 else "Lanczos "
                              f"(relative tolerance {PRODUCT_TOL:g})") + ("" if converged else " (not fully converged)"))
         gs = gate_stats(lt)
         fb = None
