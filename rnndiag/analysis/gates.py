@@ -81,9 +81,8 @@ def _stat(name: str, values: np.ndarray, kind: str) -> GateStat:
     T, B, H = values.shape
     low, high, left, right = (0.0, 1.0, LEFT, RIGHT) if kind == "sigmoid" else (-1.0, 1.0, -TANH_SAT, TANH_SAT)
     per_bin = (high - low) / BINS
-    scaled = values - low
-    scaled *= 1.0 / per_bin
-    bins = scaled.astype(np.intp)
+    bins = np.empty(values.shape, np.intp)  # (value - low) / per_bin, truncated (it is >= 0): the bin
+    np.multiply(values - low if low else values, BINS / (high - low), out=bins, casting="unsafe")
     np.clip(bins, 0, BINS - 1, out=bins)  # the top edge belongs to the last bin, as in np.histogram
     bins += np.arange(H) * BINS
     unit_counts = np.bincount(bins.ravel(), minlength=H * BINS).reshape(H, BINS)  # (H, BINS)

@@ -117,14 +117,14 @@ def weight_spectra(model: RNNModel) -> list[WeightSpectrum]:
     H = model.hidden_size
     for layer in range(model.num_layers):
         w_hh = model.params[f"weight_hh_l{layer}"]
-        blocks = {name: MatrixSpectrum.of(f"W_h{name}", w_hh[k * H : (k + 1) * H])
-                  for k, name in enumerate(model.gate_names)}
         if model.cell.startswith("rnn"):
             main = MatrixSpectrum.of("W_hh", w_hh)
             blocks = {}
             gamma = GAMMA[model.cell]
             vanish, explode = main.sigma_max < 1.0 / gamma, main.sigma_max > 1.0 / gamma
         else:
+            blocks = {name: MatrixSpectrum.of(f"W_h{name}", w_hh[k * H : (k + 1) * H])
+                      for k, name in enumerate(model.gate_names)}
             main = blocks["g" if model.cell == "lstm" else "n"]
             gamma, vanish, explode = None, None, None
         out.append(WeightSpectrum(layer, model.cell, main, blocks, gamma, vanish, explode))

@@ -227,13 +227,14 @@ def rmatmul(factors, w_hh, m) -> np.ndarray:
     H = w_hh.shape[1]
     dtype = np.result_type(m, w_hh)
     left = np.empty((*factors[0].shape[:-1], 2 * H, H), dtype)  # [dh/dh; dc/dh]
+    scaled = np.empty_like(left[..., :H, :])  # one block of W_hh with its rows scaled
     dc_dh = left[..., H:, :]
     np.multiply(k_i, w_hh[:H], out=dc_dh)
-    dc_dh += k_f * w_hh[H : 2 * H]
-    dc_dh += k_g * w_hh[2 * H : 3 * H]
+    dc_dh += np.multiply(k_f, w_hh[H : 2 * H], out=scaled)
+    dc_dh += np.multiply(k_g, w_hh[2 * H : 3 * H], out=scaled)
     dh_dh = left[..., :H, :]
     np.multiply(k_c, dc_dh, out=dh_dh)
-    dh_dh += k_o * w_hh[3 * H :]
+    dh_dh += np.multiply(k_o, w_hh[3 * H :], out=scaled)
     out = np.empty((*m.shape[:-1], 2 * H), dtype)
     np.matmul(m, left, out=out[..., :H])
     # the right block column: m_h (k^c f) + m_c f = (m_h k^c + m_c) f
