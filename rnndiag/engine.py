@@ -65,6 +65,11 @@ class StepJacobians:
         """``u^T J`` for each row vector of ``u`` (lead..., [k...], S)."""
         return cell_module(self.cell).vjp_rows(self._broadcast(u), self.w_hh, u)
 
+    def astype(self, dtype) -> StepJacobians:
+        """The same Jacobians with factors and weights in ``dtype``."""
+        return StepJacobians(self.cell, self.w_hh.astype(dtype, copy=False),
+                             tuple(f.astype(dtype, copy=False) for f in self.factors))
+
     def rmatmul(self, m: np.ndarray) -> np.ndarray:
         """``m @ J`` for a block of row vectors per Jacobian, ``m`` (lead..., R, S)."""
         if m.ndim != len(self.shape) + 2 or m.shape[: len(self.shape)] != self.shape or \

@@ -421,3 +421,15 @@ def test_gate_statistics_equal_their_direct_definitions(cell):
         assert st.left_saturated == pytest.approx((v < lo).mean(), abs=1e-15)
         assert st.mean == pytest.approx(v.mean(), rel=1e-14)
         assert 0 < st.left_saturated + st.right_saturated < 1  # the inputs drive some values into each tail
+
+
+@pytest.mark.parametrize("a", [1e-20, 1e20])
+def test_step_norms_of_extreme_scales_stay_in_double_precision(a):
+    """Lanczos runs in float32 only when the Jacobians' entries sit well inside its range; W = aQ with a = 1e+-20
+    keeps float64 and the exact answer, ||J_t|| = a."""
+    H, T = 100, 5  # S > 96: the iterative route
+    lt = rnndiag.forward(tanh_rnn(a * haar(H, seed=6)), np.zeros((T, 1, 1))).layers[0]
+    log_prod, log_step, converged = product_norms(lt, np.arange(1), exact=False)
+    assert converged
+    np.testing.assert_allclose(log_step, math.log10(a), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(log_prod[:, 0], (T - 1 - np.arange(T)) * math.log10(a), rtol=0, atol=1e-8)
