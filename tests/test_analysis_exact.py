@@ -433,3 +433,53 @@ def test_step_norms_of_extreme_scales_stay_in_double_precision(a):
     assert converged
     np.testing.assert_allclose(log_step, math.log10(a), rtol=0, atol=1e-10)
     np.testing.assert_allclose(log_prod[:, 0], (T - 1 - np.arange(T)) * math.log10(a), rtol=0, atol=1e-8)
+
+
+# -- cases from the review of the iterative norms (each failed once: overshoot, a stuck warm start, overflow) ---
+@pytest.mark.parametrize(("cell", "init"), [("rnn_tanh", "identity"), ("gru", "identity"), ("lstm", "identity"),
+                                            ("rnn_relu", "keras"), ("lstm", "tutorial")])
+def test_product_norms_of_clustered_spectra_match_svd(cell, init):
+    """Identity-like weights cluster the top singular values of the products (the hard case for Lanczos from a
+    warm start): the iterative route stays within its tolerance of the SVDs, and never above them."""
+    H = 50 if cell == "lstm" else 100  # S = 100 > 96: the iterative route
+    model = rnndiag.init_model(cell, 4, H, seed=1, init=init)
+    lt = rnndiag.forward(model, np.random.default_rng(1).standard_normal((60, 3, 4))).layers[0]
+    got, _, _ = product_norms(lt, np.arange(3), exact=False)
+    ref, _, _ = product_norms(lt, np.arange(3), exact=True)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    assert np.all(got <= ref + 1e-9)  # Lanczos values are lower bounds
+
+
+def test_product_norms_survive_a_1e40_gain_per_step():
+    model = rnndiag.init_model("rnn_relu", 2, 100, seed=0, init="xavier_normal", gain=1e40)
+    lt = rnndiag.forward(model, np.random.default_rng(0).standard_normal((3, 2, 2))).layers[0]
+    assert np.isfinite(lt.h).all()
+    got, _, converged = product_norms(lt, np.arange(2), exact=False)
+    ref, _, _ = product_norms(lt, np.arange(2), exact=True)
+    assert converged and np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_tiny_step_norms_fall_back_to_double_precision():
+    """A saturated tanh RNN with W_hh ~ 1e-8: ||J_t|| ~ 1e-22, below what float32 Lanczos can square."""
+    H = 100
+    model = rnndiag.init_model("rnn_tanh", 2, H, seed=0)
+    rng = np.random.default_rng(0)
+    p = dict(model.params)
+    p["weight_hh_l0"] = 1e-8 * rng.standard_normal((H, H))
+    p["bias_ih_l0"] = 18.0 + rng.uniform(0, 0.5, H)
+    p["weight_ih_l0"] = np.zeros_like(p["weight_ih_l0"])
+    model = with_params(model, **{k: v for k, v in p.items() if k != "weight_ih_l0"}, weight_ih_l0=p["weight_ih_l0"])
+    lt = rnndiag.forward(model, rng.standard_normal((6, 2, 2))).layers[0]
+    _, got, _ = product_norms(lt, np.arange(2), exact=False)
+    _, ref, _ = product_norms(lt, np.arange(2), exact=True)
+    assert np.all(ref < -20)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_dead_relu_units_give_minus_infinite_exponents_by_default():
+    """Singular Jacobians (dead ReLU units): exact zeros on diag(R) need a QR every step (the default)."""
+    model = rnndiag.init_model("rnn_relu", 3, 8, seed=0, init="orthogonal")
+    d = analyze(model, np.random.default_rng(1).standard_normal((40, 3, 3)), batch_sample="all")
+    exps = d.to_dict()["layers"][0]["lyapunov_exponents"]
+    assert exps[0] is not None and all(e is None for e in exps[1:])

@@ -226,7 +226,7 @@ def analyze(
     batch_sample="auto",
     lyapunov_k: int | None = None,
     lyapunov_warmup: int | None = None,
-    reortho_every: int = 2,
+    reortho_every: int = 1,
     q0: str | None = None,
     keep_trace: bool = False,
     loss_label: str | None = None,
@@ -238,9 +238,9 @@ def analyze(
     the network, not the data. ``grad_h`` (T, B, H) is a task's gradient on the outputs, used as given.
     ``batch_sample``: which sequences get the Jacobian products and Lyapunov exponents -- ``"auto"`` (all when
     cheap, else as many as about twice the BPTT's cost allows), ``"all"``, a count, or a list of indices.
-    ``reortho_every``: steps between the Lyapunov frame's QR factorisations; the exponents do not depend on it in
-    exact arithmetic (the diagonal of a product of triangular factors is the product of their diagonals), and
-    every second step halves the QR work at a measured cost of ~1e-15 in the exponents.
+    ``reortho_every``: steps between the Lyapunov frame's QR factorisations. The exponents do not depend on it in
+    exact arithmetic, but with more than one step the frame's columns can collapse before the QR (singular or
+    strongly contracting Jacobians: a dead ReLU unit's -inf exponent comes out finite), so the default is 1.
 
     >>> from rnndiag import init_model
     >>> m = init_model("rnn_tanh", 2, 16, init="tutorial", seed=0)

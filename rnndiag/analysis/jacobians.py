@@ -18,7 +18,7 @@ LOG10_E = math.log10(math.e)
 # relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
 # below anything a plot or a decay fit can show, and each decade costs iterations
 STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos bidiagonalisation, ||P_t||_2 by Lanczos on P P^T
-RESCALE_AT = 115.0  # |ln ||m|| | above which the running product is rescaled (e^115 ~ 1e50)
+CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm comes from an SVD
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 
 
@@ -79,44 +79,62 @@ def _next_basis_vector(w: np.ndarray, prev: np.ndarray, scale: np.ndarray,
     return w, np.where(keep, norm, 0.0)
 
 
-def top_left_singular_value(m: np.ndarray, u: np.ndarray, *, tol: float = 1e-10, max_steps: int = 40):
-    """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T``, started from ``u``.
+def top_left_singular_value(m: np.ndarray, u: np.ndarray, rng: np.random.Generator, *, tol: float = 1e-10,
+                            max_steps: int = 40):
+    """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T``, or by SVD where
+    Lanczos cannot vouch for its answer.
 
     ``u`` (n, S) is the warm start: the top left singular vector of the previous, one step shorter product
-    (products grow on the right, ``P_t = P_{t+1} J_t``, so it drifts little). Each step costs two matrix-vector
-    products; the basis (a few vectors) is fully re-orthogonalised. It stops when the top Ritz value
-    ``theta_1`` of the tridiagonal matrix is within ``tol * theta_1`` of ``lambda_max(A)`` by the Kato-Temple bound
-    ``||r||^2 / (theta_1 - theta_2)`` (the residual norm ``||r||`` is ``beta_j`` times the last component of the
-    Ritz vector), or stops changing. Returns ``(sigma (n,), u (the new top Ritz vector), converged (n,))``.
+    (products grow on the right, ``P_t = P_{t+1} J_t``, so it mostly drifts little), with a tenth of a fresh
+    random direction mixed in. Each step costs two matrix-vector products; the basis (a few vectors) is fully
+    re-orthogonalised, twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol`` (relative)
+    of the previous step's and meets the Kato-Temple bound ``||r||^2 / (theta_1 - theta_2) <= tol * theta_1``
+    (``||r||``: ``beta_j`` times the last component of the Ritz vector), or when the Krylov space is exhausted.
+    That bound takes the second Ritz value for the second eigenvalue, which fails where the top of the spectrum
+    is clustered (identity-like or diagonal weights: a warm vector can sit on the cluster's second member and
+    Lanczos hardly tells them apart); so where ``theta_1 - theta_2 < CLUSTER * theta_1``, or Lanczos did not
+    converge, that matrix's norm is taken from an SVD. What no cheap test can see is a warm vector sitting
+    exactly on the second of two singular values less than ~1% apart while the Krylov space shows no cluster:
+    then the second is returned (an underestimate by less than that gap). Returns ``(sigma (n,), u (the new top
+    left vector), converged (n,))``.
     """
     n, S, _ = m.shape
     K = min(S, max_steps)
     basis = np.zeros((n, K, S))
     tri = np.zeros((n, K, K))  # the Lanczos tridiagonal matrix
-    q = _unit_rows(u)[0]
+    q = _unit_rows(_unit_rows(u)[0] + 0.1 * _unit_rows(rng.standard_normal((n, S)))[0])[0]
     theta_old = np.full(n, np.nan)
     for j in range(K):
         basis[:, j] = q
         z = (m @ (q[:, None, :] @ m)[:, 0, :, None])[:, :, 0]  # A q = m (m^T q)
         tri[:, j, j] = np.einsum("ns,ns->n", q, z)
         done_basis = basis[:, : j + 1]
-        z -= np.einsum("nj,njs->ns", np.einsum("njs,ns->nj", done_basis, z), done_basis)  # full re-orthogonalisation
+        for _ in range(2):  # full re-orthogonalisation, twice (one pass loses it when beta is small)
+            z -= np.einsum("nj,njs->ns", np.einsum("njs,ns->nj", done_basis, z), done_basis)
         beta = np.sqrt(np.einsum("ns,ns->n", z, z))
-        if j == 0:  # one vector: converged only if it is an eigenvector already (e.g. m = aQ)
+        exhausted = beta <= 1e-12 * np.maximum(tri[:, 0, 0], 1e-300)
+        if j == 0:
             theta = tri[:, 0, 0].copy()
-            converged = beta <= 1e-13 * np.maximum(theta, 1e-300)
+            evals = theta[:, None]
             evecs = np.ones((n, 1, 1))
+            converged = exhausted  # u is an eigenvector (e.g. m = aQ)
         else:
             evals, evecs = np.linalg.eigh(tri[:, : j + 1, : j + 1])
             theta = evals[:, -1]
             resid2 = (beta * evecs[:, -1, -1]) ** 2
-            with np.errstate(divide="ignore", invalid="ignore"):
-                converged = (resid2 <= tol * theta * (theta - evals[:, -2])) | \
-                    (np.abs(theta - theta_old) <= 1e-3 * tol * theta) | (beta <= 1e-13 * np.maximum(theta, 1e-300))
+            with np.errstate(invalid="ignore"):
+                converged = ((resid2 <= tol * theta * (theta - evals[:, -2]))
+                             & (np.abs(theta - theta_old) <= tol * theta)) | exhausted
         theta_old = theta
         if converged.all() or j == K - 1:
             y = np.einsum("nj,njs->ns", evecs[:, :, -1], done_basis)
-            return np.sqrt(np.maximum(theta, 0.0)), y, converged
+            sigma = np.sqrt(np.maximum(theta, 0.0))
+            clustered = (evals[:, -1] - evals[:, -2] < CLUSTER * evals[:, -1]) & ~exhausted if j > 0 else \
+                np.zeros(n, dtype=bool)
+            redo = clustered | ~converged
+            if redo.any():  # the Lanczos vector stays the next warm start
+                sigma[redo] = np.linalg.svd(m[redo], compute_uv=False)[:, 0]
+            return sigma, y, np.ones(n, dtype=bool)
         q = z / np.where(beta > 0, beta, 1.0)[:, None]
         tri[:, j, j + 1] = tri[:, j + 1, j] = beta
     raise AssertionError("unreachable")
@@ -140,7 +158,8 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     log_step = np.empty((T, n))
     m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale)
     log_scale = np.zeros(n)
-    u = np.random.default_rng(0).standard_normal((n, S))
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((n, S))
     all_converged = True
     block = max(1, BLOCK_ELEMENTS // (n * S))
     for start in range((T - 1) // block * block, -1, -block):
@@ -152,29 +171,26 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
             t = int(steps[a])
             if t == 0:
                 break  # J_0 maps s_{-1} (the initial state) to s_0: not part of any d s_{T-1} / d s_t
-            m = jac[a].rmatmul(m)  # P_{t-1} = P_t J_t (times exp(-log_scale))
+            m = jac[a].rmatmul(m)  # P_{t-1} = P_t J_t, over exp(log_scale)
+            f = np.sqrt(np.einsum("nij,nij->n", m, m))  # renormalised every step: one step can grow it 1e40x
+            with np.errstate(divide="ignore"):
+                log_scale += np.log(f)
+            m /= np.where(f > 0, f, 1.0)[:, None, None]
             if exact:
                 sig = np.linalg.svd(m, compute_uv=False)[:, 0]
             else:
-                sig, u, conv = top_left_singular_value(m, u, tol=PRODUCT_TOL)
+                sig, u, conv = top_left_singular_value(m, u, rng, tol=PRODUCT_TOL)
                 all_converged &= bool(conv.all())
             with np.errstate(divide="ignore"):
-                log_sig = np.log(sig)
-            log_prod[t - 1] = (log_scale + log_sig) * LOG10_E
-            # rescale only when the norm leaves [1e-50, 1e50] (one step grows it by at most ||J_t||): no pass
-            # over m on most steps, and no overflow or underflow on any
-            far = np.abs(log_sig) > RESCALE_AT
-            if far.any():
-                ok = far & np.isfinite(log_sig)
-                m[ok] /= sig[ok, None, None]
-                log_scale[ok] += log_sig[ok]
+                log_prod[t - 1] = (log_scale + np.log(sig)) * LOG10_E
     return log_prod, log_step, all_converged
 
 
 def _single_precision_if_safe(jac: StepJacobians) -> StepJacobians:
     """Lanczos for ``||J_t||`` in float32 when the Jacobians' entries sit well inside its range: each product
     costs half as much, and the top Ritz value is still accurate to ~1e-7 relative (float32 rounding on
-    ``||J||``), ten times inside ``STEP_TOL``. Entries are bounded by ``G (1 + max|k|)^2 max|W_hh|``."""
+    ``||J||``), ten times inside ``STEP_TOL``. Entries are bounded by ``G (1 + max|k|)^2 max|W_hh|``; norms that
+    come out below 1e-12 or above 1e12 are recomputed in float64 by the caller."""
     bound = jac.w_hh.shape[0] / jac.w_hh.shape[1] * (1.0 + max(float(np.abs(f).max(initial=0.0))
                                                                for f in jac.factors)) ** 2 \
         * float(np.abs(jac.w_hh).max(initial=0.0))
@@ -195,7 +211,11 @@ def _log10_step_norms(jac: StepJacobians, exact: bool) -> tuple[np.ndarray, bool
         if exact:
             sigma = np.linalg.svd(sub.dense(), compute_uv=False)[..., 0]
         else:
-            sigma, conv = top_singular_values(_single_precision_if_safe(sub), tol=STEP_TOL)
+            single = _single_precision_if_safe(sub)
+            sigma, conv = top_singular_values(single, tol=STEP_TOL)
+            if single is not sub and not np.all((sigma > 1e-12) & (sigma < 1e12)):
+                # tiny or huge norms: float32 squares leave its normal range; redo the block in float64
+                sigma, conv = top_singular_values(sub, tol=STEP_TOL)
             ok &= conv
         with np.errstate(divide="ignore"):
             out[s : s + per] = np.log10(sigma)
