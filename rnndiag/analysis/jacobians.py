@@ -18,7 +18,8 @@ LOG10_E = math.log10(math.e)
 # relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
 # below anything a plot or a decay fit can show, and each decade costs iterations
 STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos bidiagonalisation, ||P_t||_2 by Lanczos on P P^T
-CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm comes from an SVD
+MIX = 0.1  # share of a fresh random direction in the warm start of the product-norm Lanczos
+CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is computed exactly
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 
 
@@ -81,28 +82,28 @@ def _next_basis_vector(w: np.ndarray, prev: np.ndarray, scale: np.ndarray,
 
 def top_left_singular_value(m: np.ndarray, u: np.ndarray, rng: np.random.Generator, *, tol: float = 1e-10,
                             max_steps: int = 40):
-    """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T``, or by SVD where
+    """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T``, or exactly where
     Lanczos cannot vouch for its answer.
 
     ``u`` (n, S) is the warm start: the top left singular vector of the previous, one step shorter product
-    (products grow on the right, ``P_t = P_{t+1} J_t``, so it mostly drifts little), with a tenth of a fresh
-    random direction mixed in. Each step costs two matrix-vector products; the basis (a few vectors) is fully
-    re-orthogonalised, twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol`` (relative)
-    of the previous step's and meets the Kato-Temple bound ``||r||^2 / (theta_1 - theta_2) <= tol * theta_1``
-    (``||r||``: ``beta_j`` times the last component of the Ritz vector), or when the Krylov space is exhausted.
-    That bound takes the second Ritz value for the second eigenvalue, which fails where the top of the spectrum
-    is clustered (identity-like or diagonal weights: a warm vector can sit on the cluster's second member and
-    Lanczos hardly tells them apart); so where ``theta_1 - theta_2 < CLUSTER * theta_1``, or Lanczos did not
-    converge, that matrix's norm is taken from an SVD. What no cheap test can see is a warm vector sitting
-    exactly on the second of two singular values less than ~1% apart while the Krylov space shows no cluster:
-    then the second is returned (an underestimate by less than that gap). Returns ``(sigma (n,), u (the new top
-    left vector), converged (n,))``.
+    (products grow on the right, ``P_t = P_{t+1} J_t``, so it mostly drifts little), with a share ``MIX`` of a
+    fresh random direction mixed in. Each step costs two matrix-vector products; the basis (a few vectors) is
+    fully re-orthogonalised, twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol``
+    (relative) of the previous step's and meets the Kato-Temple bound ``||r||^2 / (theta_1 - theta_2) <= tol *
+    theta_1`` (``||r||``: ``beta_j`` times the last component of the Ritz vector), or when the Krylov space is
+    exhausted. That bound takes the second Ritz value for the second eigenvalue, which fails where the top of the
+    spectrum is clustered (identity-like or diagonal weights: a warm vector can sit on the cluster's second
+    member and Lanczos hardly tells them apart); so where ``theta_1 - theta_2 < CLUSTER * theta_1``, or Lanczos
+    did not converge, that matrix's norm is computed exactly (the top eigenvalue of ``m m^T``). What no cheap
+    test can see is a warm vector sitting exactly on the second of two singular values less than ~1% apart
+    while the Krylov space shows no cluster: then the second is returned (an underestimate by less than that
+    gap). Returns ``(sigma (n,), u (the new top left vector), converged (n,))``.
     """
     n, S, _ = m.shape
     K = min(S, max_steps)
     basis = np.zeros((n, K, S))
     tri = np.zeros((n, K, K))  # the Lanczos tridiagonal matrix
-    q = _unit_rows(_unit_rows(u)[0] + 0.1 * _unit_rows(rng.standard_normal((n, S)))[0])[0]
+    q = _unit_rows(_unit_rows(u)[0] + MIX * _unit_rows(rng.standard_normal((n, S)))[0])[0]
     theta_old = np.full(n, np.nan)
     for j in range(K):
         basis[:, j] = q
@@ -132,8 +133,10 @@ def top_left_singular_value(m: np.ndarray, u: np.ndarray, rng: np.random.Generat
             clustered = (evals[:, -1] - evals[:, -2] < CLUSTER * evals[:, -1]) & ~exhausted if j > 0 else \
                 np.zeros(n, dtype=bool)
             redo = clustered | ~converged
-            if redo.any():  # the Lanczos vector stays the next warm start
-                sigma[redo] = np.linalg.svd(m[redo], compute_uv=False)[:, 0]
+            if redo.any():  # exactly, from the largest eigenvalue of m m^T (half an SVD's cost; the largest
+                # singular value loses nothing to the squaring); the Lanczos vector stays the next warm start
+                mr = m[redo]
+                sigma[redo] = np.sqrt(np.maximum(np.linalg.eigvalsh(mr @ np.swapaxes(mr, 1, 2))[:, -1], 0.0))
             return sigma, y, np.ones(n, dtype=bool)
         q = z / np.where(beta > 0, beta, 1.0)[:, None]
         tri[:, j, j + 1] = tri[:, j + 1, j] = beta
