@@ -483,3 +483,18 @@ def test_dead_relu_units_give_minus_infinite_exponents_by_default():
     d = analyze(model, np.random.default_rng(1).standard_normal((40, 3, 3)), batch_sample="all")
     exps = d.to_dict()["layers"][0]["lyapunov_exponents"]
     assert exps[0] is not None and all(e is None for e in exps[1:])
+
+
+def test_product_norms_follow_a_crossing_of_the_top_singular_values():
+    """An identity RNN with 10 free units and the rest saturated: the products' top two singular values (12%
+    apart) cross along the sequence; the tracked top subspace sees the new top at once."""
+    H = 128
+    model = rnndiag.init_model("rnn_tanh", 8, H, seed=1, init="identity")
+    rng = np.random.default_rng(1)
+    bias = rng.choice([-1, 1], H) * rng.uniform(3, 5, H)
+    bias[:10] = 0.0
+    model = with_params(model, bias_ih_l0=bias, weight_ih_l0=rng.normal(0, 0.4, (H, 8)))
+    lt = rnndiag.forward(model, rng.standard_normal((100, 4, 8))).layers[0]
+    got, _, _ = product_norms(lt, np.arange(4), exact=False)
+    ref, _, _ = product_norms(lt, np.arange(4), exact=True)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)

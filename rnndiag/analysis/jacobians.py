@@ -18,6 +18,7 @@ LOG10_E = math.log10(math.e)
 # relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
 # below anything a plot or a decay fit can show, and each decade costs iterations
 STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos bidiagonalisation, ||P_t||_2 by Lanczos on P P^T
+TRACKED = 8  # dimension of the tracked top left singular subspace of the products
 MIX = 0.1  # share of a fresh random direction in the warm start of the product-norm Lanczos
 CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is computed exactly
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
@@ -80,25 +81,34 @@ def _next_basis_vector(w: np.ndarray, prev: np.ndarray, scale: np.ndarray,
     return w, np.where(keep, norm, 0.0)
 
 
-def top_left_singular_value(m: np.ndarray, u: np.ndarray, rng: np.random.Generator, *, tol: float = 1e-10,
+def top_left_singular_value(m: np.ndarray, block: np.ndarray, rng: np.random.Generator, *, tol: float = 1e-10,
                             max_steps: int = 40):
     """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T``, or exactly where
     Lanczos cannot vouch for its answer.
 
-    ``u`` (n, S) is the warm start: the top left singular vector of the previous, one step shorter product
-    (products grow on the right, ``P_t = P_{t+1} J_t``, so it mostly drifts little), with a share ``MIX`` of a
-    fresh random direction mixed in. Each step costs two matrix-vector products; the basis (a few vectors) is
-    fully re-orthogonalised, twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol``
-    (relative) of the previous step's and meets the Kato-Temple bound ``||r||^2 / (theta_1 - theta_2) <= tol *
-    theta_1`` (``||r||``: ``beta_j`` times the last component of the Ritz vector), or when the Krylov space is
-    exhausted. That bound takes the second Ritz value for the second eigenvalue, which fails where the top of the
-    spectrum is clustered (identity-like or diagonal weights: a warm vector can sit on the cluster's second
-    member and Lanczos hardly tells them apart); so where ``theta_1 - theta_2 < CLUSTER * theta_1``, or Lanczos
-    did not converge, that matrix's norm is computed exactly (the top eigenvalue of ``m m^T``). What no cheap
-    test can see is a warm vector sitting exactly on the second of two singular values less than ~1% apart
-    while the Krylov space shows no cluster: then the second is returned (an underestimate by less than that
-    gap). Returns ``(sigma (n,), u (the new top left vector), converged (n,))``.
+    ``block`` (n, S, p) tracks the top-p left singular subspace of the products: products grow on the right
+    (``P_t = P_{t+1} J_t``), so it drifts; one step of subspace iteration with Rayleigh-Ritz per product follows
+    it, and a crossing among the top p singular values is seen at once. Lanczos starts from the block's top
+    Ritz vector with a share ``MIX`` of a fresh random direction mixed in. Each Lanczos step costs two
+    matrix-vector products; the basis (a few vectors) is fully re-orthogonalised, twice. It stops when the top
+    Ritz value ``theta_1`` both stays within ``tol`` (relative) of the previous step's and meets the Kato-Temple
+    bound ``||r||^2 / (theta_1 - theta_2) <= tol * theta_1`` (``||r||``: ``beta_j`` times the last component
+    of the Ritz vector), or when the Krylov space is exhausted. That bound takes the second Ritz value for the
+    second eigenvalue, which fails where the top of the spectrum is clustered; so where the top two Ritz values
+    (of the block or of Lanczos) are within ``CLUSTER`` (relative), or Lanczos did not converge, the norm is
+    computed exactly (the top eigenvalue of ``m m^T``). A singular value that climbs from below the top p past
+    all of them in one step, with no cluster in sight, can still be missed: the answer is then the second.
+    Returns ``(sigma (n,), the next block (n, S, p), converged (n,))``.
     """
+    w = np.swapaxes(block, 1, 2) @ m  # U^T m (n, p, S)
+    wT = np.swapaxes(w, 1, 2)
+    block_vals, block_vecs = np.linalg.eigh(w @ wT)  # Rayleigh-Ritz of A on the block, ascending
+    block_vecs = block_vecs[:, :, ::-1]
+    next_block = np.linalg.qr(m @ (wT @ block_vecs))[0]  # A times the Ritz vectors: one subspace iteration
+    u = (block @ block_vecs[:, :, :1])[:, :, 0]  # the block's top Ritz vector
+    block_top = block_vals[:, -1]
+    block_clustered = block_vals[:, -1] - block_vals[:, -2] < CLUSTER * block_vals[:, -1] if block.shape[2] > 1 \
+        else np.zeros(m.shape[0], dtype=bool)
     n, S, _ = m.shape
     K = min(S, max_steps)
     basis = np.zeros((n, K, S))
@@ -128,16 +138,15 @@ def top_left_singular_value(m: np.ndarray, u: np.ndarray, rng: np.random.Generat
                              & (np.abs(theta - theta_old) <= tol * theta)) | exhausted
         theta_old = theta
         if converged.all() or j == K - 1:
-            y = np.einsum("nj,njs->ns", evecs[:, :, -1], done_basis)
-            sigma = np.sqrt(np.maximum(theta, 0.0))
+            sigma = np.sqrt(np.maximum(np.maximum(theta, block_top), 0.0))
             clustered = (evals[:, -1] - evals[:, -2] < CLUSTER * evals[:, -1]) & ~exhausted if j > 0 else \
                 np.zeros(n, dtype=bool)
-            redo = clustered | ~converged
+            redo = clustered | (block_clustered & ~exhausted) | ~converged
             if redo.any():  # exactly, from the largest eigenvalue of m m^T (half an SVD's cost; the largest
-                # singular value loses nothing to the squaring); the Lanczos vector stays the next warm start
+                # singular value loses nothing to the squaring)
                 mr = m[redo]
                 sigma[redo] = np.sqrt(np.maximum(np.linalg.eigvalsh(mr @ np.swapaxes(mr, 1, 2))[:, -1], 0.0))
-            return sigma, y, np.ones(n, dtype=bool)
+            return sigma, next_block, np.ones(n, dtype=bool)
         q = z / np.where(beta > 0, beta, 1.0)[:, None]
         tri[:, j, j + 1] = tri[:, j + 1, j] = beta
     raise AssertionError("unreachable")
@@ -162,7 +171,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale)
     log_scale = np.zeros(n)
     rng = np.random.default_rng(0)
-    u = rng.standard_normal((n, S))
+    u = np.linalg.qr(rng.standard_normal((n, S, min(S, TRACKED))))[0]  # the tracked top left singular subspace
     all_converged = True
     block = max(1, BLOCK_ELEMENTS // (n * S))
     for start in range((T - 1) // block * block, -1, -block):
