@@ -19,7 +19,6 @@ LOG10_E = math.log10(math.e)
 # below anything a plot or a decay fit can show, and each decade costs iterations
 STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos bidiagonalisation, ||P_t||_2 by Lanczos on P P^T
 TRACKED = 8  # dimension of the tracked top left singular subspace of the products
-MIX = 0.1  # share of a fresh random direction in the warm start of the product-norm Lanczos
 CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is computed exactly
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 
@@ -81,23 +80,22 @@ def _next_basis_vector(w: np.ndarray, prev: np.ndarray, scale: np.ndarray,
     return w, np.where(keep, norm, 0.0)
 
 
-def top_left_singular_value(m: np.ndarray, block: np.ndarray, rng: np.random.Generator, *, tol: float = 1e-10,
-                            max_steps: int = 40):
+def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e-10, max_steps: int = 40):
     """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T``, or exactly where
     Lanczos cannot vouch for its answer.
 
     ``block`` (n, S, p) tracks the top-p left singular subspace of the products: products grow on the right
     (``P_t = P_{t+1} J_t``), so it drifts; one step of subspace iteration with Rayleigh-Ritz per product follows
     it, and a crossing among the top p singular values is seen at once. Lanczos starts from the block's top
-    Ritz vector with a share ``MIX`` of a fresh random direction mixed in. Each Lanczos step costs two
-    matrix-vector products; the basis (a few vectors) is fully re-orthogonalised, twice. It stops when the top
-    Ritz value ``theta_1`` both stays within ``tol`` (relative) of the previous step's and meets the Kato-Temple
-    bound ``||r||^2 / (theta_1 - theta_2) <= tol * theta_1`` (``||r||``: ``beta_j`` times the last component
-    of the Ritz vector), or when the Krylov space is exhausted. That bound takes the second Ritz value for the
-    second eigenvalue, which fails where the top of the spectrum is clustered; so where the top two Ritz values
-    (of the block or of Lanczos) are within ``CLUSTER`` (relative), or Lanczos did not converge, the norm is
-    computed exactly (the top eigenvalue of ``m m^T``). A singular value that climbs from below the top p past
-    all of them in one step, with no cluster in sight, can still be missed: the answer is then the second.
+    Ritz vector. Each Lanczos step costs two matrix-vector products; the basis (a few vectors) is fully
+    re-orthogonalised, twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol`` (relative)
+    of the previous step's and meets the Kato-Temple bound ``||r||^2 / (theta_1 - theta_2) <= tol * theta_1``
+    (``||r||``: ``beta_j`` times the last component of the Ritz vector), or when the Krylov space is exhausted.
+    That bound takes the second Ritz value for the second eigenvalue, which fails where the top of the spectrum
+    is clustered; so where the top two Ritz values (of the block or of Lanczos) are within ``CLUSTER``
+    (relative), or Lanczos did not converge, the norm is computed exactly (the top eigenvalue of ``m m^T``). A
+    singular value that climbs from below the top p past all of them in one step, with no cluster in sight, can
+    still be missed: the answer is then the second.
     Returns ``(sigma (n,), the next block (n, S, p), converged (n,))``.
     """
     w = np.swapaxes(block, 1, 2) @ m  # U^T m (n, p, S)
@@ -113,7 +111,7 @@ def top_left_singular_value(m: np.ndarray, block: np.ndarray, rng: np.random.Gen
     K = min(S, max_steps)
     basis = np.zeros((n, K, S))
     tri = np.zeros((n, K, K))  # the Lanczos tridiagonal matrix
-    q = _unit_rows(_unit_rows(u)[0] + MIX * _unit_rows(rng.standard_normal((n, S)))[0])[0]
+    q = _unit_rows(u)[0]
     theta_old = np.full(n, np.nan)
     for j in range(K):
         basis[:, j] = q
@@ -170,8 +168,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     log_step = np.empty((T, n))
     m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale)
     log_scale = np.zeros(n)
-    rng = np.random.default_rng(0)
-    u = np.linalg.qr(rng.standard_normal((n, S, min(S, TRACKED))))[0]  # the tracked top left singular subspace
+    tracked = np.linalg.qr(np.random.default_rng(0).standard_normal((n, S, min(S, TRACKED))))[0]  # top left subspace
     all_converged = True
     block = max(1, BLOCK_ELEMENTS // (n * S))
     for start in range((T - 1) // block * block, -1, -block):
@@ -191,7 +188,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
             if exact:
                 sig = np.linalg.svd(m, compute_uv=False)[:, 0]
             else:
-                sig, u, conv = top_left_singular_value(m, u, rng, tol=PRODUCT_TOL)
+                sig, tracked, conv = top_left_singular_value(m, tracked, tol=PRODUCT_TOL)
                 all_converged &= bool(conv.all())
             with np.errstate(divide="ignore"):
                 log_prod[t - 1] = (log_scale + np.log(sig)) * LOG10_E
