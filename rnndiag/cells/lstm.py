@@ -216,17 +216,12 @@ def vjp_rows(factors, w_hh, u) -> np.ndarray:
     return out
 
 
-def rmatmul(factors, w_hh, m) -> np.ndarray:
-    r"""``m J`` for blocks of row vectors ``m`` (..., R, 2H): half the flops of ``m @ dense_jacobian``.
-
-    The left block column :math:`[\partial h_t / \partial h_{t-1}; \partial c_t / \partial h_{t-1}]` (2H x H) is
-    formed from the gate blocks of ``W_hh`` (O(H^2) work) and multiplied in one (R, 2H) @ (2H, H) product; the
-    right block column is diagonal, ``[k^c f; f]``, and costs two scaled copies of ``m``'s halves.
-    """
-    k_i, k_f, k_g, k_o, k_c, f = (k[..., :, None] for k in factors)  # (..., H, 1): scale the rows of W blocks
+def _left_column(factors, w_hh, dtype) -> np.ndarray:
+    """``J``'s left block column ``[dh_t/dh_{t-1}; dc_t/dh_{t-1}]`` (..., 2H, H): the gate blocks of ``W_hh``
+    with their rows scaled (O(H^2) work per Jacobian)."""
+    k_i, k_f, k_g, k_o, k_c, _ = (k[..., :, None] for k in factors)  # (..., H, 1): scale the rows of W blocks
     H = w_hh.shape[1]
-    dtype = np.result_type(m, w_hh)
-    left = np.empty((*factors[0].shape[:-1], 2 * H, H), dtype)  # [dh/dh; dc/dh]
+    left = np.empty((*factors[0].shape[:-1], 2 * H, H), dtype)
     scaled = np.empty_like(left[..., :H, :])  # one block of W_hh with its rows scaled
     dc_dh = left[..., H:, :]
     np.multiply(k_i, w_hh[:H], out=dc_dh)
@@ -235,8 +230,20 @@ def rmatmul(factors, w_hh, m) -> np.ndarray:
     dh_dh = left[..., :H, :]
     np.multiply(k_c, dc_dh, out=dh_dh)
     dh_dh += np.multiply(k_o, w_hh[3 * H :], out=scaled)
+    return left
+
+
+def rmatmul(factors, w_hh, m) -> np.ndarray:
+    r"""``m J`` for blocks of row vectors ``m`` (..., R, 2H): half the flops of ``m @ dense_jacobian``.
+
+    The left block column :math:`[\partial h_t / \partial h_{t-1}; \partial c_t / \partial h_{t-1}]` (2H x H) is
+    formed once and multiplied in one (R, 2H) @ (2H, H) product; the right block column is diagonal,
+    ``[k^c f; f]``, and costs two scaled copies of ``m``'s halves.
+    """
+    H = w_hh.shape[1]
+    dtype = np.result_type(m, w_hh)
     out = np.empty((*m.shape[:-1], 2 * H), dtype)
-    np.matmul(m, left, out=out[..., :H])
+    np.matmul(m, _left_column(factors, w_hh, dtype), out=out[..., :H])
     # the right block column: m_h (k^c f) + m_c f = (m_h k^c + m_c) f
     right = out[..., H:]
     np.multiply(m[..., :H], factors[4][..., None, :], out=right)
@@ -247,13 +254,11 @@ def rmatmul(factors, w_hh, m) -> np.ndarray:
 
 def dense_jacobian(factors, w_hh) -> np.ndarray:
     """``J`` itself, (..., 2H, 2H), in the state order [h; c]."""
-    k_i, k_f, k_g, k_o, k_c, f = factors
+    k_c, f = factors[4], factors[5]
     H = f.shape[-1]
-    w_i, w_f, w_g, w_o = w_hh[:H], w_hh[H : 2 * H], w_hh[2 * H : 3 * H], w_hh[3 * H :]
-    dc_dh = k_i[..., :, None] * w_i + k_f[..., :, None] * w_f + k_g[..., :, None] * w_g
-    jac = np.zeros((*f.shape[:-1], 2 * H, 2 * H), dtype=np.result_type(f, w_hh))
-    jac[..., :H, :H] = k_o[..., :, None] * w_o + k_c[..., :, None] * dc_dh
-    jac[..., H:, :H] = dc_dh
+    dtype = np.result_type(f, w_hh)
+    jac = np.zeros((*f.shape[:-1], 2 * H, 2 * H), dtype=dtype)
+    jac[..., :, :H] = _left_column(factors, w_hh, dtype)
     idx = np.arange(H)
     jac[..., idx, H + idx] = k_c * f
     jac[..., H + idx, H + idx] = f
