@@ -139,12 +139,9 @@ class LayerTrace:
                 raise IndexError(f"steps must be a 1-D array of integers in 0..{T - 1}")
         idx = None if batch is None else np.atleast_1d(np.arange(B)[batch])
         mod = cell_module(self.cell)
-        factors = mod.jacobian_factors(self.arrays, self.h0, self.c0, t, idx, **self._kwargs())
-        w_hh = self.w_hh
-        if dtype is not None:
-            factors = tuple(f.astype(dtype, copy=False) for f in factors)
-            w_hh = w_hh.astype(dtype, copy=False)
-        return StepJacobians(self.cell, w_hh, factors)
+        jac = StepJacobians(self.cell, self.w_hh,
+                            mod.jacobian_factors(self.arrays, self.h0, self.c0, t, idx, **self._kwargs()))
+        return jac if dtype is None else jac.astype(dtype)
 
     def step_jacobian(self, t: int, batch=None) -> np.ndarray:
         """``d s_t / d s_{t-1}`` (len(batch), S, S); ``batch`` an index, slice or index array (default all)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..engine import LayerTrace
 from ._common import finite_or_none, list_or_none
-from .jacobians import BLOCK_ELEMENTS
+from .jacobians import jacobian_blocks
 
 MIN_FIT_STEPS = 10  # fewer steps than this: no decay rate is fitted
 
@@ -145,11 +145,9 @@ def last_step_chain(lt: LayerTrace, start: np.ndarray) -> np.ndarray:
     out = np.empty((T, B))
     g = np.array(start, dtype=np.float64)
     log_scale = np.zeros(B)
-    block = max(1, BLOCK_ELEMENTS // (B * lt.state_size))
-    for first in range((T - 1) // block * block, -1, -block):
-        jac = lt.jacobians(np.arange(first, min(first + block, T)), dtype=np.float64)  # all B rows
-        for a in range(jac.shape[0] - 1, -1, -1):
-            t = first + a
+    for steps, jac in jacobian_blocks(lt, None, reverse=True):  # all B rows
+        for a in range(len(steps) - 1, -1, -1):
+            t = int(steps[a])
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[t] = (log_scale + np.log(np.linalg.norm(g[:, :H], axis=1))) / math.log(10)
             if t == 0:

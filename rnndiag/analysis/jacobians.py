@@ -23,6 +23,19 @@ CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the 
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 
 
+def jacobian_blocks(lt: LayerTrace, batch, *, reverse: bool = False):
+    """The implicit step Jacobians (float64) of the rows ``batch`` (None: all), a block of steps at a time, so
+    that their factors stay a few MB: yields ``(steps, jac)`` with ``jac`` of shape (len(steps), n); the blocks
+    run backwards in time when ``reverse`` (the steps within a block stay in order)."""
+    T = lt.h.shape[0]
+    n = lt.h0.shape[0] if batch is None else len(batch)
+    block = max(1, BLOCK_ELEMENTS // (n * lt.state_size))
+    starts = range(0, T, block)
+    for start in reversed(starts) if reverse else starts:
+        steps = np.arange(start, min(start + block, T))
+        yield steps, lt.jacobians(steps, batch, dtype=np.float64)
+
+
 def _unit_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``a / ||a||`` along the last axis (zero rows stay zero) and the norms."""
     norm = np.sqrt(np.einsum("...i,...i->...", a, a))
@@ -171,10 +184,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     log_scale = np.zeros(n)
     tracked = np.linalg.qr(np.random.default_rng(0).standard_normal((n, S, min(S, TRACKED))))[0]  # top left subspace
     all_converged = True
-    block = max(1, BLOCK_ELEMENTS // (n * S))
-    for start in range((T - 1) // block * block, -1, -block):
-        steps = np.arange(start, min(start + block, T))
-        jac = lt.jacobians(steps, batch, dtype=np.float64)  # (len(steps), n) implicit Jacobians
+    for steps, jac in jacobian_blocks(lt, batch, reverse=True):
         log_step[steps], ok = _log10_step_norms(jac, exact)
         all_converged &= ok
         for a in range(len(steps) - 1, -1, -1):

@@ -19,7 +19,7 @@ import scipy.linalg
 
 from ..engine import LayerTrace
 from ._common import list_or_none
-from .jacobians import BLOCK_ELEMENTS
+from .jacobians import jacobian_blocks
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,8 @@ def lyapunov_spectrum(
     log_sum = np.zeros((n, k))
     steps = 0
     pending = 0  # steps applied since the last QR
-    block = max(1, BLOCK_ELEMENTS // (n * S))
-    for start in range(0, T, block):
-        jac = lt.jacobians(np.arange(start, min(start + block, T)), batch, dtype=np.float64)
-        for a in range(jac.shape[0]):
-            t = start + a
+    for block_steps, jac in jacobian_blocks(lt, batch):
+        for a, t in enumerate(block_steps.tolist()):
             q = jac[a].jvp(q)  # J_t Q_{t-1}, column by column (the rows of q)
             pending += 1
             if pending == reortho_every or t == T - 1 or t == warmup - 1:  # a QR at the warm-up's end too
