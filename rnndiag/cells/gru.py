@@ -38,10 +38,6 @@ STATE_FACTOR = 1
 GATE_SCALE = (0.5, 0.5, 1.0)
 
 
-def _prev(arr, init, t):
-    return init if t == 0 else arr[t - 1]
-
-
 def forward(pre, h0, c0, w_hh, b_hh) -> dict[str, np.ndarray]:
     """Run the recurrence; on return ``pre[t]`` holds ``[r, z, n]`` and ``hn[t]`` holds ``W_hn h_{t-1} + b_hn``.
 
@@ -112,7 +108,7 @@ def backward(arrays, h0, c0, w_hh, grad_h) -> dict[str, np.ndarray]:
     drec = np.empty((B, 3 * H), dtype)  # this step's dL/d(W_hh h + b_hh)
     for t in range(T - 1, -1, -1):
         dh = total[t]
-        h_prev = _prev(h, h0, t)
+        h_prev = prev_rows(h, h0, t, None)
         # the activations' derivatives over the whole row: s (1 - s) on r, z and (0 - n) n + 1 on n
         da = d_pre[t]  # (B, 3H)
         np.subtract(one, gates[t], out=da)
