@@ -32,6 +32,7 @@ class StepJacobians:
     cell: str
     w_hh: np.ndarray = field(repr=False)
     factors: tuple[np.ndarray, ...] = field(repr=False)
+    formed: np.ndarray | None = field(default=None, repr=False)  # the cell's formed_part, once asked for
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -45,7 +46,8 @@ class StepJacobians:
 
     def __getitem__(self, i) -> StepJacobians:
         """The Jacobians of one step (or a slice of steps) of a multi-step block."""
-        return StepJacobians(self.cell, self.w_hh, tuple(f[i] for f in self.factors))
+        return StepJacobians(self.cell, self.w_hh, tuple(f[i] for f in self.factors),
+                             None if self.formed is None else self.formed[i])
 
     def _broadcast(self, v: np.ndarray) -> tuple[np.ndarray, ...]:
         extra = v.ndim - len(self.shape) - 1
@@ -68,14 +70,24 @@ class StepJacobians:
     def astype(self, dtype) -> StepJacobians:
         """The same Jacobians with factors and weights in ``dtype``."""
         return StepJacobians(self.cell, self.w_hh.astype(dtype, copy=False),
-                             tuple(f.astype(dtype, copy=False) for f in self.factors))
+                             tuple(f.astype(dtype, copy=False) for f in self.factors),
+                             None if self.formed is None else self.formed.astype(dtype, copy=False))
 
-    def rmatmul(self, m: np.ndarray) -> np.ndarray:
-        """``m @ J`` for a block of row vectors per Jacobian, ``m`` (lead..., R, S)."""
+    def with_formed(self) -> StepJacobians:
+        """The same Jacobians with the dense part that ``rmatmul`` multiplies by formed for all of them at once
+        (O(S H) memory per Jacobian): for products over many steps, a few steps at a time."""
+        if self.formed is not None:
+            return self
+        return StepJacobians(self.cell, self.w_hh, self.factors,
+                             cell_module(self.cell).formed_part(self.factors, self.w_hh))
+
+    def rmatmul(self, m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``m @ J`` for a block of row vectors per Jacobian, ``m`` (lead..., R, S); into ``out`` (same shape,
+        not overlapping ``m``) when given."""
         if m.ndim != len(self.shape) + 2 or m.shape[: len(self.shape)] != self.shape or \
                 m.shape[-1] != self.state_size:
             raise ValueError(f"m must have shape {(*self.shape, 'R', self.state_size)}; got {m.shape}")
-        return cell_module(self.cell).rmatmul(self.factors, self.w_hh, m)
+        return cell_module(self.cell).rmatmul(self.factors, self.w_hh, m, out, self.formed)
 
     def dense(self) -> np.ndarray:
         """The Jacobians themselves, (lead..., S, S)."""

@@ -233,7 +233,12 @@ def _left_column(factors, w_hh, dtype) -> np.ndarray:
     return left
 
 
-def rmatmul(factors, w_hh, m) -> np.ndarray:
+def formed_part(factors, w_hh) -> np.ndarray:
+    """What ``rmatmul`` multiplies by: the left block column ``[dh_t/dh_{t-1}; dc_t/dh_{t-1}]`` (..., 2H, H)."""
+    return _left_column(factors, w_hh, np.result_type(factors[0], w_hh))
+
+
+def rmatmul(factors, w_hh, m, out=None, formed=None) -> np.ndarray:
     r"""``m J`` for blocks of row vectors ``m`` (..., R, 2H): half the flops of ``m @ dense_jacobian``.
 
     The left block column :math:`[\partial h_t / \partial h_{t-1}; \partial c_t / \partial h_{t-1}]` (2H x H) is
@@ -242,8 +247,9 @@ def rmatmul(factors, w_hh, m) -> np.ndarray:
     """
     H = w_hh.shape[1]
     dtype = np.result_type(m, w_hh)
-    out = np.empty((*m.shape[:-1], 2 * H), dtype)
-    np.matmul(m, _left_column(factors, w_hh, dtype), out=out[..., :H])
+    if out is None:
+        out = np.empty((*m.shape[:-1], 2 * H), dtype)
+    np.matmul(m, _left_column(factors, w_hh, dtype) if formed is None else formed, out=out[..., :H])
     # the right block column: m_h (k^c f) + m_c f = (m_h k^c + m_c) f
     right = out[..., H:]
     np.multiply(m[..., :H], factors[4][..., None, :], out=right)

@@ -101,10 +101,16 @@ def vjp_rows(factors, w_hh, u) -> np.ndarray:
     return matmul_rows(d * u, w_hh)
 
 
-def rmatmul(factors, w_hh, m) -> np.ndarray:
-    """``m J = (m diag(phi')) W_hh`` for blocks of row vectors ``m`` (..., R, H): one 2-D product."""
+def formed_part(factors, w_hh) -> None:
+    """Nothing to form: ``rmatmul`` scales ``m``'s columns, then multiplies by ``W_hh``."""
+    del factors, w_hh
+
+
+def rmatmul(factors, w_hh, m, out=None, formed=None) -> np.ndarray:
+    """``m J = (m diag(phi')) W_hh`` for blocks of row vectors ``m`` (..., R, H): one product."""
+    del formed
     (d,) = factors
-    return matmul_rows(m * d[..., None, :], w_hh)
+    return np.matmul(m * d[..., None, :], w_hh, out=out)
 
 
 def dense_jacobian(factors, w_hh) -> np.ndarray:
