@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
 
 from ..engine import LayerTrace
-from ._common import list_or_none
+from ._common import list_or_none, qr_reduced
 from .jacobians import jacobian_blocks
 
 
@@ -96,10 +95,10 @@ def lyapunov_spectrum(
             q = jac[a].jvp(q)  # J_t Q_{t-1}, column by column (the rows of q)
             pending += 1
             if pending == reortho_every or t == T - 1 or t == warmup - 1:  # a QR at the warm-up's end too
-                qt, r = _qr(np.swapaxes(q, 1, 2))  # (n, S, k), (n, k, k)
-                d = np.diagonal(r, axis1=1, axis2=2)
-                sign = np.where(d < 0, -1.0, 1.0)
-                q = np.swapaxes(qt, 1, 2) * sign[:, :, None]  # fix signs so that diag(R) > 0
+                # |R_ii| is what counts: flipping a column of Q (to make R_ii > 0) flips the same column of
+                # J Q next step and leaves every |R_ii| as it is, so the signs are never fixed
+                qt, d = qr_reduced(np.swapaxes(q, 1, 2), r="diagonal")  # (n, S, k), (n, k)
+                q = np.swapaxes(qt, 1, 2)
                 if t >= warmup:
                     counted = min(pending, t - warmup + 1)
                     with np.errstate(divide="ignore"):
@@ -112,12 +111,3 @@ def lyapunov_spectrum(
         spread = np.where(np.all(per_seq == per_seq[:1], axis=0), 0.0, per_seq.std(axis=0))
     return LyapunovSpectrum(per_seq.mean(axis=0), spread, per_seq, tuple(int(b) for b in batch),
                             warmup, reortho_every, steps, q0)
-
-
-def _qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reduced QR of each (S, k) matrix in ``a`` (n, S, k); LAPACK through SciPy per matrix (a quarter cheaper than
-    numpy's stacked route for the usual one or few sampled sequences)."""
-    if a.shape[0] > 4:
-        return np.linalg.qr(a)
-    pairs = [scipy.linalg.qr(x, mode="economic", check_finite=False) for x in a]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
