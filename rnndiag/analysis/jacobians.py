@@ -2,8 +2,9 @@
 
 The Jacobians stay implicit (:class:`rnndiag.engine.StepJacobians`: their diagonal factors, O(H) numbers per step
 and sequence); they act on vectors through one product with ``W_hh``. The running product of the n sampled
-sequences is held as an (n, S, S) array, renormalised at every step with its scale kept as a logarithm, so
-sequences of 100,000 steps with per-step gains anywhere between 0.1 and 10 neither overflow nor underflow.
+sequences is held as an (n, S, S) array, renormalised (its scale kept as a logarithm) whenever its norm leaves
+[1e-20, 1e20], so sequences of 100,000 steps with per-step gains anywhere between 0.1 and 10 (or 1e+-40) neither
+overflow nor underflow.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import numpy as np
 
 from ..engine import LayerTrace, StepJacobians
+from ._common import qr_reduced
 
 LOG10_E = math.log10(math.e)
 # relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
@@ -21,6 +23,7 @@ STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos bidiagonalisation, ||P_t||
 TRACKED = 8  # dimension of the tracked top left singular subspace of the products
 CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is computed exactly
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
+FORMED_ELEMENTS = 2**19  # steps x sequences x S x S per batch of formed Jacobian parts (4 MB)
 
 
 def jacobian_blocks(lt: LayerTrace, batch, *, reverse: bool = False):
@@ -94,41 +97,87 @@ def _next_basis_vector(w: np.ndarray, prev: np.ndarray, scale: np.ndarray,
 
 
 def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e-10, max_steps: int = 40):
-    """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T``, or exactly where
-    Lanczos cannot vouch for its answer.
+    """Largest singular value of each matrix in ``m`` (n, S, S), from Rayleigh-Ritz of ``A = m m^T`` on a tracked
+    subspace where a rigorous bound vouches for it; by Lanczos, or exactly, where it does not.
 
     ``block`` (n, S, p) tracks the top-p left singular subspace of the products: products grow on the right
-    (``P_t = P_{t+1} J_t``), so it drifts; one step of subspace iteration with Rayleigh-Ritz per product follows
-    it, and a crossing among the top p singular values is seen at once. Lanczos starts from the block's top
-    Ritz vector. Each Lanczos step costs two matrix-vector products; the basis (a few vectors) is fully
-    re-orthogonalised, twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol`` (relative)
-    of the previous step's and meets the Kato-Temple bound ``||r||^2 / (theta_1 - theta_2) <= tol * theta_1``
-    (``||r||``: ``beta_j`` times the last component of the Ritz vector), or when the Krylov space is exhausted.
-    That bound takes the second Ritz value for the second eigenvalue, which fails where the top of the spectrum
-    is clustered; so where the top two Ritz values (of the block or of Lanczos) are within ``CLUSTER``
-    (relative), or Lanczos did not converge, the norm is computed exactly (the top eigenvalue of ``m m^T``). A
-    singular value that climbs from below the top p past all of them in one step, with no cluster in sight, can
-    still be missed: the answer is then the second.
-    Returns ``(sigma (n,), the next block (n, S, p))``: after the exact fallback every value is converged.
+    (``P_t = P_{t+1} J_t``), so it drifts. Its last vector gives way to the longest column ``P e_i`` of the
+    product: where the Jacobians are (nearly) diagonal -- identity-initialised weights, an LSTM's cell path -- a
+    unit can climb from far below the block, which keeps no component of it, and the column's Rayleigh quotient
+    is at least ``||P e_i||^2`` (so the answer is never below the largest column norm: exact for diagonal
+    products). One step of subspace iteration with this ``A`` (``orth(A U)``), then Rayleigh-Ritz there, gives
+    Ritz values ``theta_1 >= ... >= theta_p`` (lower bounds of the top eigenvalues: the answer is never above
+    ``||m||_2``) with residuals ``r_i = ||A y_i - theta_i y_i||``; the Ritz vectors are the next block.
+
+    The largest Ritz value is taken where ``r_1^2 <= tol * theta_1 * (theta_1 - mu)``, with
+    ``mu = max(theta_2, trace(A) - sum(theta)) + sqrt(sum_{i>=2} r_i^2)`` below ``theta_1``: ``mu`` bounds the
+    spectrum of A on everything but ``y_1`` (A is positive semi-definite, so the part outside the subspace has
+    its largest eigenvalue below its trace), and then ``lambda_1 <= theta_1 + r_1^2 / (theta_1 - mu)``. This
+    holds once the products' spectra have spread (a few tens of steps); before that, Lanczos on ``A`` starts
+    from ``y_1`` (:func:`_lanczos_top`). Returns ``(sigma (n,), the next block (n, S, p))``.
     """
-    w = np.swapaxes(block, 1, 2) @ m  # U^T m (n, p, S)
-    wT = np.swapaxes(w, 1, 2)
-    block_vals, block_vecs = np.linalg.eigh(w @ wT)  # Rayleigh-Ritz of A on the block, ascending
-    block_vecs = block_vecs[:, :, ::-1]
-    next_block = np.linalg.qr(m @ (wT @ block_vecs))[0]  # A times the Ritz vectors: one subspace iteration
-    u = (block @ block_vecs[:, :, :1])[:, :, 0]  # the block's top Ritz vector
-    block_top = block_vals[:, -1]
-    block_clustered = block_vals[:, -1] - block_vals[:, -2] < CLUSTER * block_vals[:, -1] if block.shape[2] > 1 \
-        else np.zeros(m.shape[0], dtype=bool)
+    n, S, p = block.shape
+    cols = np.einsum("nij,nij->nj", m, m)  # squared column norms; their sum is trace(A)
+    if p > 1:
+        block = block.copy()
+        block[:, :, -1] = np.take_along_axis(m, np.argmax(cols, axis=1)[:, None, None], axis=2)[:, :, 0]
+    basis = qr_reduced(m @ np.swapaxes(np.swapaxes(block, 1, 2) @ m, 1, 2), r=None)  # orth(A U)
+    w = np.swapaxes(basis, 1, 2) @ m  # (n, p, S)
+    theta, vecs = np.linalg.eigh(w @ np.swapaxes(w, 1, 2))  # ascending
+    theta, vecs = theta[:, ::-1], vecs[:, :, ::-1]
+    next_block = basis @ vecs  # the Ritz vectors, orthonormal
+    ay = m @ (np.swapaxes(w, 1, 2) @ vecs)  # A y_i
+    # ||A y - theta y||^2 = ||A y||^2 - theta^2 (y^T A y = theta): the bound needs it to a few digits
+    r2 = np.maximum(np.einsum("nsi,nsi->ni", ay, ay) - theta**2, 0.0)
+    top = theta[:, 0]
+    second = theta[:, 1] if p > 1 else np.zeros(n)
+    mu = np.maximum(second, cols.sum(axis=1) - theta.sum(axis=1)) + np.sqrt(r2[:, 1:].sum(axis=1))
+    vouched = (top > mu) & (r2[:, 0] <= tol * top * (top - mu))
+    sigma = np.sqrt(np.maximum(top, 0.0))
+    if not vouched.all():
+        rest = ~vouched
+        sigma[rest] = _lanczos_top(m[rest], next_block[rest, :, 0], ay[rest, :, 0], theta[rest, :2], tol=tol,
+                                   max_steps=max_steps)
+    return sigma, next_block
+
+
+def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: np.ndarray, *, tol: float,
+                 max_steps: int) -> np.ndarray:
+    """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T`` from the unit vectors
+    ``u`` (n, S) (``au = A u`` given), or exactly where Lanczos cannot vouch for its answer.
+
+    Each Lanczos step costs two matrix-vector products; the basis (a few vectors) is fully re-orthogonalised,
+    twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol`` (relative) of the previous
+    step's and meets the Kato-Temple bound ``||r||^2 / (theta_1 - theta_2) <= tol * theta_1`` (``||r||``:
+    ``beta_j`` times the last component of the Ritz vector), or when the Krylov space is exhausted. That bound
+    takes the second Ritz value for the second eigenvalue, which fails where the top of the spectrum is
+    clustered; so where the top two Ritz values (of the block, ``block_theta`` (n, 2) descending, or of Lanczos)
+    are within ``CLUSTER`` (relative), or Lanczos did not converge, or the answer is 0 while ``m`` is not, the
+    norm is computed exactly (the top eigenvalue of ``m m^T``).
+    """
+    block_top = block_theta[:, 0]
+    block_clustered = block_theta[:, 0] - block_theta[:, 1] < CLUSTER * block_theta[:, 0] \
+        if block_theta.shape[1] > 1 else np.zeros(len(block_theta), dtype=bool)
     n, S, _ = m.shape
+    # u (nearly) an eigenvector -- an isolated unit's axis, or any vector when m = aQ -- would stop Lanczos within
+    # a step or two on its own eigenvalue, with no word on the rest of the spectrum (and the block, which could
+    # not vouch for it, has none either): start those rows from a random vector instead
+    rq = np.einsum("ns,ns->n", u, au)
+    res = au - rq[:, None] * u
+    stuck = np.einsum("ns,ns->n", res, res) <= tol * np.maximum(rq, 1e-300) ** 2
+    if stuck.any():
+        u, au = u.copy(), au.copy()
+        u[stuck] = _unit_rows(np.random.default_rng(0).standard_normal((int(stuck.sum()), S)))[0]
+        ms = m[stuck]
+        au[stuck] = (ms @ (u[stuck][:, None, :] @ ms)[:, 0, :, None])[:, :, 0]
     K = min(S, max_steps)
     basis = np.zeros((n, K, S))
     tri = np.zeros((n, K, K))  # the Lanczos tridiagonal matrix
-    q = _unit_rows(u)[0]
+    q = u
     theta_old = np.full(n, np.nan)
     for j in range(K):
         basis[:, j] = q
-        z = (m @ (q[:, None, :] @ m)[:, 0, :, None])[:, :, 0]  # A q = m (m^T q)
+        z = au.copy() if j == 0 else (m @ (q[:, None, :] @ m)[:, 0, :, None])[:, :, 0]  # A q = m (m^T q)
         tri[:, j, j] = np.einsum("ns,ns->n", q, z)
         done_basis = basis[:, : j + 1]
         for _ in range(2):  # full re-orthogonalisation, twice (one pass loses it when beta is small)
@@ -139,7 +188,7 @@ def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e
             theta = tri[:, 0, 0].copy()
             evals = theta[:, None]
             evecs = np.ones((n, 1, 1))
-            converged = exhausted  # u is an eigenvector (e.g. m = aQ)
+            converged = exhausted  # a random u is an eigenvector: A is a multiple of the identity (m = aQ)
         else:
             evals, evecs = np.linalg.eigh(tri[:, : j + 1, : j + 1])
             theta = evals[:, -1]
@@ -153,11 +202,14 @@ def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e
             clustered = (evals[:, -1] - evals[:, -2] < CLUSTER * evals[:, -1]) & ~exhausted if j > 0 else \
                 np.zeros(n, dtype=bool)
             redo = clustered | (block_clustered & ~exhausted) | ~converged
+            zero = sigma <= 0
+            if zero.any():  # a zero product is exact; otherwise u missed the range of m
+                redo |= zero & np.any(m.reshape(n, -1) != 0, axis=1)
             if redo.any():  # exactly, from the largest eigenvalue of m m^T (half an SVD's cost; the largest
                 # singular value loses nothing to the squaring)
                 mr = m[redo]
                 sigma[redo] = np.sqrt(np.maximum(np.linalg.eigvalsh(mr @ np.swapaxes(mr, 1, 2))[:, -1], 0.0))
-            return sigma, next_block
+            return sigma
         q = z / np.where(beta > 0, beta, 1.0)[:, None]
         tri[:, j, j + 1] = tri[:, j + 1, j] = beta
     raise AssertionError("unreachable")
@@ -167,10 +219,12 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     """``log10 ||d s_{T-1} / d s_t||_2`` for t = 0..T-1 and ``log10 ||J_t||_2``, for the rows ``batch``.
 
     Returns ``(log10_product (T, n), log10_step (T, n), converged: bool)``, ``converged`` saying whether every
-    step norm met its tolerance (product norms that Lanczos cannot vouch for are computed exactly). The product
-    at t = T-1 is the identity (0). ``exact`` uses SVDs of formed matrices (default: when S <= 96); otherwise the
-    step norms come from Lanczos bidiagonalisation and the product norms from warm-started Lanczos on ``P P^T``,
-    both to the relative tolerances ``STEP_TOL`` and ``PRODUCT_TOL``.
+    step norm met its tolerance (product norms that neither a bound nor Lanczos can vouch for are computed
+    exactly). The product at t = T-1 is the identity (0). ``exact`` uses SVDs of formed matrices (default: when
+    S <= 96); otherwise the step norms come from Lanczos bidiagonalisation and the product norms from a tracked
+    subspace (:func:`top_left_singular_value`), both to the relative tolerances ``STEP_TOL`` and
+    ``PRODUCT_TOL``. The dense part of the Jacobians is formed a few steps at a time, and the products
+    alternate between two buffers.
     """
     T = lt.h.shape[0]
     S = lt.state_size
@@ -181,27 +235,35 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     log_prod = np.zeros((T, n))
     log_step = np.empty((T, n))
     m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale)
+    spare = np.empty_like(m)  # the products alternate between two buffers
     log_scale = np.zeros(n)
     tracked = np.linalg.qr(np.random.default_rng(0).standard_normal((n, S, min(S, TRACKED))))[0]  # top left subspace
     all_converged = True
     for steps, jac in jacobian_blocks(lt, batch, reverse=True):
         log_step[steps], ok = _log10_step_norms(jac, exact)
         all_converged &= ok
-        for a in range(len(steps) - 1, -1, -1):
-            t = int(steps[a])
-            if t == 0:
-                break  # J_0 maps s_{-1} (the initial state) to s_0: not part of any d s_{T-1} / d s_t
-            m = jac[a].rmatmul(m)  # P_{t-1} = P_t J_t, over exp(log_scale)
-            f = np.sqrt(np.einsum("nij,nij->n", m, m))  # renormalised every step: one step can grow it 1e40x
-            with np.errstate(divide="ignore"):
-                log_scale += np.log(f)
-            m /= np.where(f > 0, f, 1.0)[:, None, None]
-            if exact:
-                sig = np.linalg.svd(m, compute_uv=False)[:, 0]
-            else:
-                sig, tracked = top_left_singular_value(m, tracked, tol=PRODUCT_TOL)
-            with np.errstate(divide="ignore"):
-                log_prod[t - 1] = (log_scale + np.log(sig)) * LOG10_E
+        # the dense part of the Jacobians, formed for a few steps at a time (a few MB)
+        per = max(1, FORMED_ELEMENTS // (n * S * S))
+        for end in range(len(steps), 0, -per):
+            formed = jac[max(0, end - per) : end].with_formed()
+            for a in range(formed.shape[0] - 1, -1, -1):
+                t = int(steps[max(0, end - per) + a])
+                if t == 0:
+                    break  # J_0 maps s_{-1} (the initial state) to s_0: not part of any d s_{T-1} / d s_t
+                m, spare = formed[a].rmatmul(m, out=spare), m  # P_{t-1} = P_t J_t, over exp(log_scale)
+                if exact:
+                    sig = np.linalg.svd(m, compute_uv=False)[:, 0]
+                else:
+                    sig, tracked = top_left_singular_value(m, tracked, tol=PRODUCT_TOL)
+                with np.errstate(divide="ignore"):
+                    log_prod[t - 1] = (log_scale + np.log(sig)) * LOG10_E
+                # renormalised only when its norm leaves [1e-20, 1e20]: one step's gain can be 1e40, and m m^T
+                # must stay far from overflow and underflow (what is kept is exact either way)
+                far = (sig > 1e20) | ((sig < 1e-20) & (sig > 0))
+                if far.any():
+                    with np.errstate(divide="ignore"):
+                        log_scale += np.where(far, np.log(np.where(far, sig, 1.0)), 0.0)
+                    m *= np.where(far, 1.0 / np.where(far, sig, 1.0), 1.0)[:, None, None]
     return log_prod, log_step, all_converged
 
 
