@@ -116,102 +116,98 @@ def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e
     holds once the products' spectra have spread (a few tens of steps); before that, Lanczos on ``A`` starts
     from ``y_1`` (:func:`_lanczos_top`). Returns ``(sigma (n,), the next block (n, S, p))``.
     """
-    n, S, p = block.shape
-    cols = np.einsum("nij,nij->nj", m, m)  # squared column norms; their sum is trace(A)
-    if p > 1:
-        block = block.copy()
-        block[:, :, -1] = np.take_along_axis(m, np.argmax(cols, axis=1)[:, None, None], axis=2)[:, :, 0]
-    basis = qr_reduced(m @ np.swapaxes(np.swapaxes(block, 1, 2) @ m, 1, 2), r=None)  # orth(A U)
-    w = np.swapaxes(basis, 1, 2) @ m  # (n, p, S)
-    theta, vecs = np.linalg.eigh(w @ np.swapaxes(w, 1, 2))  # ascending
-    theta, vecs = theta[:, ::-1], vecs[:, :, ::-1]
-    next_block = basis @ vecs  # the Ritz vectors, orthonormal
-    ay = m @ (np.swapaxes(w, 1, 2) @ vecs)  # A y_i
-    # ||A y - theta y||^2 = ||A y||^2 - theta^2 (y^T A y = theta): the bound needs it to a few digits
-    r2 = np.maximum(np.einsum("nsi,nsi->ni", ay, ay) - theta**2, 0.0)
-    top = theta[:, 0]
-    second = theta[:, 1] if p > 1 else np.zeros(n)
-    mu = np.maximum(second, cols.sum(axis=1) - theta.sum(axis=1)) + np.sqrt(r2[:, 1:].sum(axis=1))
-    vouched = (top > mu) & (r2[:, 0] <= tol * top * (top - mu))
-    sigma = np.sqrt(np.maximum(top, 0.0))
-    if not vouched.all():
-        rest = ~vouched
-        sigma[rest] = _lanczos_top(m[rest], next_block[rest, :, 0], ay[rest, :, 0], theta[rest, :2], tol=tol,
-                                   max_steps=max_steps)
+    sigma = np.empty(m.shape[0])
+    next_block = np.empty_like(block)
+    for i in range(m.shape[0]):  # one sequence at a time: small 2-D products, and plain floats for the rest
+        sigma[i], next_block[i] = _top_left_one(m[i], block[i], tol, max_steps)
     return sigma, next_block
 
 
-def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: np.ndarray, *, tol: float,
-                 max_steps: int) -> np.ndarray:
-    """Largest singular value of each matrix in ``m`` (n, S, S) by Lanczos on ``A = m m^T`` from the unit vectors
-    ``u`` (n, S) (``au = A u`` given), or exactly where Lanczos cannot vouch for its answer.
+def _top_left_one(m: np.ndarray, block: np.ndarray, tol: float, max_steps: int) -> tuple[float, np.ndarray]:
+    """:func:`top_left_singular_value` of one (S, S) matrix with its (S, p) block."""
+    S, p = block.shape
+    cols = np.einsum("ij,ij->j", m, m)  # squared column norms; their sum is trace(A)
+    if p > 1:
+        block = block.copy()
+        block[:, -1] = m[:, int(np.argmax(cols))]
+    basis = qr_reduced((m @ (block.T @ m).T)[None], r=None)[0]  # orth(A U)
+    w = basis.T @ m  # (p, S)
+    theta, vecs = np.linalg.eigh(w @ w.T)  # ascending
+    theta, vecs = theta[::-1], vecs[:, ::-1]
+    next_block = basis @ vecs  # the Ritz vectors, orthonormal
+    ay = m @ (w.T @ vecs)  # A y_i
+    # ||A y - theta y||^2 = ||A y||^2 - theta^2 (y^T A y = theta): the bound needs it to a few digits
+    r2 = [max(r, 0.0) for r in (np.einsum("si,si->i", ay, ay) - theta**2).tolist()]
+    th = theta.tolist()
+    top = th[0]
+    mu = max(th[1] if p > 1 else 0.0, float(cols.sum()) - sum(th)) + math.sqrt(sum(r2[1:]))
+    if top > mu and r2[0] <= tol * top * (top - mu):
+        return math.sqrt(max(top, 0.0)), next_block
+    return _lanczos_top(m, next_block[:, 0], ay[:, 0], th[:2], tol=tol, max_steps=max_steps), next_block
+
+
+def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: list[float], *, tol: float,
+                 max_steps: int) -> float:
+    """Largest singular value of ``m`` (S, S) by Lanczos on ``A = m m^T`` from the unit vector ``u`` (S,)
+    (``au = A u`` given), or exactly where Lanczos cannot vouch for its answer.
 
     Each Lanczos step costs two matrix-vector products; the basis (a few vectors) is fully re-orthogonalised,
     twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol`` (relative) of the previous
     step's and meets the Kato-Temple bound ``||r||^2 / (theta_1 - theta_2) <= tol * theta_1`` (``||r||``:
     ``beta_j`` times the last component of the Ritz vector), or when the Krylov space is exhausted. That bound
     takes the second Ritz value for the second eigenvalue, which fails where the top of the spectrum is
-    clustered; so where the top two Ritz values (of the block, ``block_theta`` (n, 2) descending, or of Lanczos)
+    clustered; so where the top two Ritz values (of the block, ``block_theta``, descending, or of Lanczos)
     are within ``CLUSTER`` (relative), or Lanczos did not converge, or the answer is 0 while ``m`` is not, the
     norm is computed exactly (the top eigenvalue of ``m m^T``).
     """
-    block_top = block_theta[:, 0]
-    block_clustered = block_theta[:, 0] - block_theta[:, 1] < CLUSTER * block_theta[:, 0] \
-        if block_theta.shape[1] > 1 else np.zeros(len(block_theta), dtype=bool)
-    n, S, _ = m.shape
+    S = m.shape[0]
+    block_top = block_theta[0]
+    block_clustered = len(block_theta) > 1 and block_theta[0] - block_theta[1] < CLUSTER * block_theta[0]
     # u (nearly) an eigenvector -- an isolated unit's axis, or any vector when m = aQ -- would stop Lanczos within
     # a step or two on its own eigenvalue, with no word on the rest of the spectrum (and the block, which could
-    # not vouch for it, has none either): start those rows from a random vector instead
-    rq = np.einsum("ns,ns->n", u, au)
-    res = au - rq[:, None] * u
-    stuck = np.einsum("ns,ns->n", res, res) <= tol * np.maximum(rq, 1e-300) ** 2
-    if stuck.any():
-        u, au = u.copy(), au.copy()
-        u[stuck] = _unit_rows(np.random.default_rng(0).standard_normal((int(stuck.sum()), S)))[0]
-        ms = m[stuck]
-        au[stuck] = (ms @ (u[stuck][:, None, :] @ ms)[:, 0, :, None])[:, :, 0]
+    # not vouch for it, has none either): start from a random vector instead
+    rq = float(u @ au)
+    res = au - rq * u
+    if float(res @ res) <= tol * max(rq, 1e-300) ** 2:
+        u = _unit_rows(np.random.default_rng(0).standard_normal(S))[0]
+        au = m @ (u @ m)
     K = min(S, max_steps)
-    basis = np.zeros((n, K, S))
-    tri = np.zeros((n, K, K))  # the Lanczos tridiagonal matrix
-    q = u
-    theta_old = np.full(n, np.nan)
+    basis = np.zeros((K, S))
+    tri = np.zeros((K, K))  # the Lanczos tridiagonal matrix
+    q, z = u, au.copy()
+    theta_old = math.nan
     for j in range(K):
-        basis[:, j] = q
-        z = au.copy() if j == 0 else (m @ (q[:, None, :] @ m)[:, 0, :, None])[:, :, 0]  # A q = m (m^T q)
-        tri[:, j, j] = np.einsum("ns,ns->n", q, z)
-        done_basis = basis[:, : j + 1]
+        basis[j] = q
+        if j > 0:
+            z = m @ (q @ m)  # A q = m (m^T q)
+        tri[j, j] = float(q @ z)
+        done_basis = basis[: j + 1]
         for _ in range(2):  # full re-orthogonalisation, twice (one pass loses it when beta is small)
-            z -= np.einsum("nj,njs->ns", np.einsum("njs,ns->nj", done_basis, z), done_basis)
-        beta = np.sqrt(np.einsum("ns,ns->n", z, z))
-        exhausted = beta <= 1e-12 * np.maximum(tri[:, 0, 0], 1e-300)
+            z -= (done_basis @ z) @ done_basis
+        beta = math.sqrt(float(z @ z))
+        exhausted = beta <= 1e-12 * max(tri[0, 0], 1e-300)
         if j == 0:
-            theta = tri[:, 0, 0].copy()
-            evals = theta[:, None]
-            evecs = np.ones((n, 1, 1))
+            theta, second = float(tri[0, 0]), None
             converged = exhausted  # a random u is an eigenvector: A is a multiple of the identity (m = aQ)
         else:
-            evals, evecs = np.linalg.eigh(tri[:, : j + 1, : j + 1])
-            theta = evals[:, -1]
-            resid2 = (beta * evecs[:, -1, -1]) ** 2
-            with np.errstate(invalid="ignore"):
-                converged = ((resid2 <= tol * theta * (theta - evals[:, -2]))
-                             & (np.abs(theta - theta_old) <= tol * theta)) | exhausted
+            evals, evecs = np.linalg.eigh(tri[: j + 1, : j + 1])
+            theta, second = float(evals[-1]), float(evals[-2])
+            resid2 = (beta * float(evecs[-1, -1])) ** 2
+            converged = (resid2 <= tol * theta * (theta - second) and abs(theta - theta_old) <= tol * theta) \
+                or exhausted
         theta_old = theta
-        if converged.all() or j == K - 1:
-            sigma = np.sqrt(np.maximum(np.maximum(theta, block_top), 0.0))
-            clustered = (evals[:, -1] - evals[:, -2] < CLUSTER * evals[:, -1]) & ~exhausted if j > 0 else \
-                np.zeros(n, dtype=bool)
-            redo = clustered | (block_clustered & ~exhausted) | ~converged
-            zero = sigma <= 0
-            if zero.any():  # a zero product is exact; otherwise u missed the range of m
-                redo |= zero & np.any(m.reshape(n, -1) != 0, axis=1)
-            if redo.any():  # exactly, from the largest eigenvalue of m m^T (half an SVD's cost; the largest
-                # singular value loses nothing to the squaring)
-                mr = m[redo]
-                sigma[redo] = np.sqrt(np.maximum(np.linalg.eigvalsh(mr @ np.swapaxes(mr, 1, 2))[:, -1], 0.0))
+        if converged or j == K - 1:
+            clustered = second is not None and theta - second < CLUSTER * theta and not exhausted
+            sigma = math.sqrt(max(theta, block_top, 0.0))
+            redo = clustered or (block_clustered and not exhausted) or not converged
+            if sigma <= 0:  # a zero product is exact; otherwise u missed the range of m
+                redo = redo or bool(m.any())
+            if redo:  # exactly, from the largest eigenvalue of m m^T (half an SVD's cost; the largest singular
+                # value loses nothing to the squaring)
+                sigma = math.sqrt(max(float(np.linalg.eigvalsh(m @ m.T)[-1]), 0.0))
             return sigma
-        q = z / np.where(beta > 0, beta, 1.0)[:, None]
-        tri[:, j, j + 1] = tri[:, j + 1, j] = beta
+        q = z / beta if beta > 0 else z
+        tri[j, j + 1] = tri[j + 1, j] = beta
     raise AssertionError("unreachable")
 
 
@@ -237,6 +233,8 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale)
     spare = np.empty_like(m)  # the products alternate between two buffers
     log_scale = np.zeros(n)
+    sig_at = np.ones((T, n))  # ||P_t|| over exp(scale_at): combined into logarithms at the end
+    scale_at = np.zeros((T, n))
     tracked = np.linalg.qr(np.random.default_rng(0).standard_normal((n, S, min(S, TRACKED))))[0]  # top left subspace
     all_converged = True
     for steps, jac in jacobian_blocks(lt, batch, reverse=True):
@@ -255,15 +253,16 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
                     sig = np.linalg.svd(m, compute_uv=False)[:, 0]
                 else:
                     sig, tracked = top_left_singular_value(m, tracked, tol=PRODUCT_TOL)
-                with np.errstate(divide="ignore"):
-                    log_prod[t - 1] = (log_scale + np.log(sig)) * LOG10_E
+                sig_at[t - 1] = sig
+                scale_at[t - 1] = log_scale
                 # renormalised only when its norm leaves [1e-20, 1e20]: one step's gain can be 1e40, and m m^T
                 # must stay far from overflow and underflow (what is kept is exact either way)
-                far = (sig > 1e20) | ((sig < 1e-20) & (sig > 0))
-                if far.any():
-                    with np.errstate(divide="ignore"):
-                        log_scale += np.where(far, np.log(np.where(far, sig, 1.0)), 0.0)
+                if any(s > 1e20 or 0.0 < s < 1e-20 for s in sig.tolist()):
+                    far = (sig > 1e20) | ((sig < 1e-20) & (sig > 0))
+                    log_scale = log_scale + np.where(far, np.log(np.where(far, sig, 1.0)), 0.0)
                     m *= np.where(far, 1.0 / np.where(far, sig, 1.0), 1.0)[:, None, None]
+    with np.errstate(divide="ignore"):
+        log_prod[:-1] = (scale_at[:-1] + np.log(sig_at[:-1])) * LOG10_E
     return log_prod, log_step, all_converged
 
 
