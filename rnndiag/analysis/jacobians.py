@@ -230,8 +230,10 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
         exact = S <= 96
     log_prod = np.zeros((T, n))
     log_step = np.empty((T, n))
-    m = np.broadcast_to(np.eye(S), (n, S, S)).copy()  # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale)
-    spare = np.empty_like(m)  # the products alternate between two buffers
+    # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale), in two buffers the products alternate between; each
+    # matrix column-major, so that the elementwise part of m J (scaling m's columns) runs along memory
+    m = np.broadcast_to(np.eye(S), (n, S, S)).copy().transpose(0, 2, 1)
+    spare = np.empty((n, S, S)).transpose(0, 2, 1)
     log_scale = np.zeros(n)
     sig_at = np.ones((T, n))  # ||P_t|| over exp(scale_at): combined into logarithms at the end
     scale_at = np.zeros((T, n))
