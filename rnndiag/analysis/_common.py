@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -39,6 +40,44 @@ def jsonable(obj):
     return obj
 
 
+@functools.cache
+def _lapack(names: tuple[str, ...], dtype: np.dtype):
+    return scipy.linalg.lapack.get_lapack_funcs(names, dtype=dtype)
+
+
+def _checked(info: int, what: str) -> None:
+    if info != 0:
+        raise np.linalg.LinAlgError(f"{what} failed (LAPACK info {info})")
+
+
+def orthonormal_columns(x: np.ndarray) -> np.ndarray:
+    """Q of the reduced QR of one (S, k) matrix (S >= k), by LAPACK directly (geqrf + orgqr)."""
+    geqrf, orgqr = _lapack(("geqrf", "orgqr"), x.dtype)
+    f, tau, _, info = geqrf(x)
+    _checked(info, "QR factorisation")
+    q, _, info = orgqr(f, tau)
+    _checked(info, "QR factorisation")
+    return q
+
+
+def eigh_small(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of one small symmetric matrix, by LAPACK directly (syevd):
+    ``np.linalg.eigh``'s checks and error-state handling cost more than the solve at 8 x 8."""
+    (syevd,) = _lapack(("syevd",), a.dtype)
+    w, v, info = syevd(a)
+    _checked(info, "symmetric eigensolver")
+    return w, v
+
+
+def eigh_tridiagonal(d: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix with diagonal ``d`` and
+    off-diagonal ``e``, by LAPACK directly (stev)."""
+    (stev,) = _lapack(("stev",), d.dtype)
+    w, v, info = stev(d, e)
+    _checked(info, "tridiagonal eigensolver")
+    return w, v
+
+
 def qr_reduced(a: np.ndarray, *, r: str | None = "full"):
     """Reduced QR of each (S, k) matrix (S >= k) in ``a`` (n, S, k): ``(Q (n, S, k), R (n, k, k))``; with
     ``r="diagonal"`` only R's diagonal (n, k), and with ``r=None`` Q alone. R's diagonal has LAPACK's signs.
@@ -50,17 +89,15 @@ def qr_reduced(a: np.ndarray, *, r: str | None = "full"):
         q, rr = np.linalg.qr(a)
         return q if r is None else (q, np.diagonal(rr, axis1=1, axis2=2) if r == "diagonal" else rr)
     k = a.shape[2]
-    geqrf, orgqr = scipy.linalg.lapack.get_lapack_funcs(("geqrf", "orgqr"), (a,))
+    geqrf, orgqr = _lapack(("geqrf", "orgqr"), a.dtype)
     qs, rs = [], []
     for x in a:
         f, tau, _, info = geqrf(x)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"QR factorisation failed (LAPACK geqrf info {info})")
+        _checked(info, "QR factorisation")
         if r is not None:
             rs.append(np.diagonal(f).copy() if r == "diagonal" else np.triu(f[:k]))
         q, _, info = orgqr(f, tau)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"QR factorisation failed (LAPACK orgqr info {info})")
+        _checked(info, "QR factorisation")
         qs.append(q)
     if len(qs) == 1:
         return qs[0][None] if r is None else (qs[0][None], rs[0][None])

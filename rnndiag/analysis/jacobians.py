@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..engine import LayerTrace, StepJacobians
-from ._common import qr_reduced
+from ._common import eigh_small, eigh_tridiagonal, orthonormal_columns
 
 LOG10_E = math.log10(math.e)
 # relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
@@ -130,9 +130,9 @@ def _top_left_one(m: np.ndarray, block: np.ndarray, tol: float, max_steps: int) 
     if p > 1:
         block = block.copy()
         block[:, -1] = m[:, int(np.argmax(cols))]
-    basis = qr_reduced((m @ (block.T @ m).T)[None], r=None)[0]  # orth(A U)
+    basis = orthonormal_columns(m @ (block.T @ m).T)  # orth(A U)
     w = basis.T @ m  # (p, S)
-    theta, vecs = np.linalg.eigh(w @ w.T)  # ascending
+    theta, vecs = eigh_small(w @ w.T)  # ascending
     theta, vecs = theta[::-1], vecs[:, ::-1]
     next_block = basis @ vecs  # the Ritz vectors, orthonormal
     ay = m @ (w.T @ vecs)  # A y_i
@@ -190,7 +190,7 @@ def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: list
             theta, second = float(tri[0, 0]), None
             converged = exhausted  # a random u is an eigenvector: A is a multiple of the identity (m = aQ)
         else:
-            evals, evecs = np.linalg.eigh(tri[: j + 1, : j + 1])
+            evals, evecs = eigh_tridiagonal(np.diagonal(tri)[: j + 1].copy(), np.diagonal(tri, 1)[:j].copy())
             theta, second = float(evals[-1]), float(evals[-2])
             resid2 = (beta * float(evecs[-1, -1])) ** 2
             converged = (resid2 <= tol * theta * (theta - second) and abs(theta - theta_old) <= tol * theta) \
