@@ -90,21 +90,22 @@ def lyapunov_spectrum(
     log_sum = np.zeros((n, k))
     steps = 0
     pending = 0  # steps applied since the last QR
-    for block_steps, jac in jacobian_blocks(lt, batch):
-        for a, t in enumerate(block_steps.tolist()):
-            q = jac[a].jvp(q)  # J_t Q_{t-1}, column by column (the rows of q)
-            pending += 1
-            if pending == reortho_every or t == T - 1 or t == warmup - 1:  # a QR at the warm-up's end too
-                # |R_ii| is what counts: flipping a column of Q (to make R_ii > 0) flips the same column of
-                # J Q next step and leaves every |R_ii| as it is, so the signs are never fixed
-                qt, d = qr_reduced(np.swapaxes(q, 1, 2), r="diagonal")  # (n, S, k), (n, k)
-                q = np.swapaxes(qt, 1, 2)
-                if t >= warmup:
-                    counted = min(pending, t - warmup + 1)
-                    with np.errstate(divide="ignore"):
-                        log_sum += np.log(np.abs(d)) * (counted / pending)
-                    steps += counted
-                pending = 0
+    with np.errstate(divide="ignore"):  # log 0 = -inf: a singular Jacobian's exponent
+        for block_steps, jac in jacobian_blocks(lt, batch):
+            for a, t in enumerate(block_steps.tolist()):
+                q = jac[a].jvp(q)  # J_t Q_{t-1}, column by column (the rows of q)
+                pending += 1
+                if pending == reortho_every or t == T - 1 or t == warmup - 1:  # a QR at the warm-up's end too
+                    # |R_ii| is what counts: flipping a column of Q (to make R_ii > 0) flips the same column of
+                    # J Q next step and leaves every |R_ii| as it is, so the signs are never fixed
+                    qt, d = qr_reduced(np.swapaxes(q, 1, 2), r="diagonal")  # (n, S, k), (n, k)
+                    q = np.swapaxes(qt, 1, 2)
+                    if t >= warmup:
+                        counted = min(pending, t - warmup + 1)
+                        logs = np.log(np.abs(d))
+                        log_sum += logs if counted == pending else logs * (counted / pending)
+                        steps += counted
+                    pending = 0
     per_seq = log_sum / max(steps, 1)
     per_seq = -np.sort(-per_seq, axis=1)
     with np.errstate(invalid="ignore"):  # -inf exponents (singular Jacobians): equal values have no spread
