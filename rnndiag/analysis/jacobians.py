@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg.lapack
 
 from ..engine import LayerTrace, StepJacobians
 from ._common import eigh_small, eigh_tridiagonal, orthonormal_columns
@@ -57,10 +58,11 @@ def top_singular_values(jac: StepJacobians, *, tol: float = 1e-12, max_steps: in
     """
     lead, S = jac.shape, jac.state_size
     K = min(S, max_steps)
-    bidiag = np.zeros((*lead, K, K))  # upper bidiagonal: alpha_j on the diagonal, beta_j above it
+    alphas = np.zeros((K, *lead))  # the upper bidiagonal B: alpha_j on the diagonal, beta_j above it
+    betas = np.zeros((K, *lead))
     v, _ = _unit_rows(np.random.default_rng(seed).standard_normal((*lead, S)).astype(jac.w_hh.dtype))
     u, alpha = _unit_rows(jac.jvp(v))
-    bidiag[..., 0, 0] = alpha
+    alphas[0] = alpha
     scale = alpha.copy()  # the largest entry so far: a new direction far below it is rounding noise
     sigma = alpha.copy()
     noise = 100.0 * np.finfo(jac.w_hh.dtype).eps
@@ -72,17 +74,35 @@ def top_singular_values(jac: StepJacobians, *, tol: float = 1e-12, max_steps: in
         u_new = jac.jvp(v)
         u_new -= beta[..., None] * u  # A v_j - beta_j u_{j-1}
         u, alpha = _next_basis_vector(u_new, u, np.maximum(scale, beta), noise)
-        bidiag[..., j - 1, j] = beta
-        bidiag[..., j, j] = alpha
+        betas[j] = beta
+        alphas[j] = alpha
         np.maximum(scale, np.maximum(alpha, beta), out=scale)
         if j + 1 in checks or j == K - 1:
-            b = bidiag[..., : j + 1, : j + 1]
-            new = np.sqrt(np.maximum(np.linalg.eigvalsh(np.swapaxes(b, -1, -2) @ b)[..., -1], 0.0))
+            new = np.sqrt(np.maximum(_top_eigenvalues_of_gram(alphas[: j + 1], betas[: j + 1]), 0.0))
             done = np.abs(new - sigma) <= tol * np.maximum(new, 1e-300)
             sigma = new
             if done.all():
                 return sigma, True
     return sigma, False
+
+
+def _top_eigenvalues_of_gram(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """The largest eigenvalue of ``B^T B`` for each upper bidiagonal B with diagonal ``alphas`` (k, ...) and
+    superdiagonal ``betas[1:]`` (``betas[0]`` unused): ``B^T B`` is tridiagonal, with diagonal
+    ``alpha_i^2 + beta_i^2`` and off-diagonal ``alpha_i beta_{i+1}``, and LAPACK's root-free QR (sterf) takes
+    its eigenvalues in O(k^2), one matrix at a time."""
+    a = alphas.reshape(len(alphas), -1).T.astype(np.float64)  # (count, k)
+    b = betas.reshape(len(betas), -1).T.astype(np.float64)
+    diag = a * a + b * b  # b[:, 0] = 0
+    off = a[:, :-1] * b[:, 1:]
+    (sterf,) = scipy.linalg.lapack.get_lapack_funcs(("sterf",), dtype=np.float64)
+    out = np.empty(len(diag))
+    for i, (d, e) in enumerate(zip(diag, off)):
+        w, info = sterf(d, e)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"tridiagonal eigenvalues failed (LAPACK sterf info {info})")
+        out[i] = w[-1]
+    return out.reshape(alphas.shape[1:])
 
 
 def _next_basis_vector(w: np.ndarray, prev: np.ndarray, scale: np.ndarray,
