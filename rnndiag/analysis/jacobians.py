@@ -22,6 +22,7 @@ LOG10_E = math.log10(math.e)
 # below anything a plot or a decay fit can show, and each decade costs iterations
 STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos bidiagonalisation, ||P_t||_2 by Lanczos on P P^T
 TRACKED = 8  # dimension of the tracked top left singular subspace of the products
+MIN_LANCZOS = 5  # Lanczos steps before its stopping test may stop it (see _lanczos_top)
 CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is computed exactly
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 FORMED_ELEMENTS = 2**19  # steps x sequences x S x S per batch of formed Jacobian parts (4 MB)
@@ -213,8 +214,10 @@ def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: list
             evals, evecs = eigh_tridiagonal(np.diagonal(tri)[: j + 1].copy(), np.diagonal(tri, 1)[:j].copy())
             theta, second = float(evals[-1]), float(evals[-2])
             resid2 = (beta * float(evecs[-1, -1])) ** 2
-            converged = (resid2 <= tol * theta * (theta - second) and abs(theta - theta_old) <= tol * theta) \
-                or exhausted
+            # the second Ritz value of a Krylov space of two or three vectors can sit far below the second
+            # eigenvalue, and a hidden top direction takes a few steps to show: no verdict before MIN_LANCZOS
+            converged = (j >= MIN_LANCZOS and resid2 <= tol * theta * (theta - second)
+                         and abs(theta - theta_old) <= tol * theta) or exhausted
         theta_old = theta
         if converged or j == K - 1:
             clustered = second is not None and theta - second < CLUSTER * theta and not exhausted
