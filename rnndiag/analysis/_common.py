@@ -40,6 +40,13 @@ def jsonable(obj):
     return obj
 
 
+# SciPy's LAPACK runs on SciPy's own OpenBLAS, with its own thread pool: a call big enough to be threaded there,
+# interleaved with numpy's BLAS, leaves the two pools spinning against each other on the same cores (a 512 x 32
+# QR next to a matrix product went from 1 ms to 11 ms). Direct LAPACK calls are kept to matrices of at most this
+# many entries, which OpenBLAS runs on the calling thread.
+LAPACK_DIRECT_MAX = 8192
+
+
 @functools.cache
 def _lapack(names: tuple[str, ...], dtype: np.dtype):
     return scipy.linalg.lapack.get_lapack_funcs(names, dtype=dtype)
@@ -51,7 +58,10 @@ def _checked(info: int, what: str) -> None:
 
 
 def orthonormal_columns(x: np.ndarray) -> np.ndarray:
-    """Q of the reduced QR of one (S, k) matrix (S >= k), by LAPACK directly (geqrf + orgqr)."""
+    """Q of the reduced QR of one (S, k) matrix (S >= k): by LAPACK directly (geqrf + orgqr) while it is small
+    enough to run on one thread (see ``LAPACK_DIRECT_MAX``), else by ``np.linalg.qr``."""
+    if x.size > LAPACK_DIRECT_MAX:
+        return np.linalg.qr(x)[0]
     geqrf, orgqr = _lapack(("geqrf", "orgqr"), x.dtype)
     f, tau, _, info = geqrf(x)
     _checked(info, "QR factorisation")
@@ -82,10 +92,9 @@ def qr_reduced(a: np.ndarray, *, r: str | None = "full"):
     """Reduced QR of each (S, k) matrix (S >= k) in ``a`` (n, S, k): ``(Q (n, S, k), R (n, k, k))``; with
     ``r="diagonal"`` only R's diagonal (n, k), and with ``r=None`` Q alone. R's diagonal has LAPACK's signs.
 
-    For the few matrices the analysis factors at every step, LAPACK's ``geqrf``/``orgqr`` are called directly:
-    the stacked ``np.linalg.qr`` and ``scipy.linalg.qr`` cost 2-3x more per call at these sizes (wrapping,
-    checks). Many matrices at once go through ``np.linalg.qr``."""
-    if a.shape[0] > 4:
+    Small matrices (``LAPACK_DIRECT_MAX``), one or a few at a time, go to LAPACK's ``geqrf``/``orgqr`` directly
+    (the stacked ``np.linalg.qr`` costs 2-3x more per call at these sizes); the rest to ``np.linalg.qr``."""
+    if a.shape[0] > 4 or a.shape[1] * a.shape[2] > LAPACK_DIRECT_MAX:
         q, rr = np.linalg.qr(a)
         return q if r is None else (q, np.diagonal(rr, axis1=1, axis2=2) if r == "diagonal" else rr)
     k = a.shape[2]
