@@ -88,6 +88,15 @@ def eigh_tridiagonal(d: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return w, v
 
 
+def tridiagonal_eigenvalues(d: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending) of the symmetric tridiagonal matrix with diagonal ``d`` and off-diagonal ``e``,
+    by LAPACK's root-free QR (sterf), O(k^2)."""
+    (sterf,) = _lapack(("sterf",), d.dtype)
+    w, info = sterf(d, e)
+    _checked(info, "tridiagonal eigenvalues")
+    return w
+
+
 def qr_reduced(a: np.ndarray, *, r: str | None = "full"):
     """Reduced QR of each (S, k) matrix (S >= k) in ``a`` (n, S, k): ``(Q (n, S, k), R (n, k, k))``; with
     ``r="diagonal"`` only R's diagonal (n, k), and with ``r=None`` Q alone. R's diagonal has LAPACK's signs.

@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.linalg.lapack
 
 from ..engine import LayerTrace, StepJacobians
-from ._common import eigh_small, eigh_tridiagonal, orthonormal_columns
+from ._common import eigh_small, eigh_tridiagonal, orthonormal_columns, tridiagonal_eigenvalues
 
 LOG10_E = math.log10(math.e)
 # relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
@@ -96,13 +95,7 @@ def _top_eigenvalues_of_gram(alphas: np.ndarray, betas: np.ndarray) -> np.ndarra
     b = betas.reshape(len(betas), -1).T.astype(np.float64)
     diag = a * a + b * b  # b[:, 0] = 0
     off = a[:, :-1] * b[:, 1:]
-    (sterf,) = scipy.linalg.lapack.get_lapack_funcs(("sterf",), dtype=np.float64)
-    out = np.empty(len(diag))
-    for i, (d, e) in enumerate(zip(diag, off)):
-        w, info = sterf(d, e)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"tridiagonal eigenvalues failed (LAPACK sterf info {info})")
-        out[i] = w[-1]
+    out = np.array([tridiagonal_eigenvalues(d, e)[-1] for d, e in zip(diag, off)])
     return out.reshape(alphas.shape[1:])
 
 
