@@ -556,3 +556,36 @@ def test_product_norms_of_reducible_weights_do_not_stop_lanczos_early(cell, H, k
     got, _, _ = product_norms(lt, np.arange(3), exact=False)
     ref, _, _ = product_norms(lt, np.arange(3), exact=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
+
+
+# -- the small dense solvers behind the per-step norms -----------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 40, 7), (3, 64, 8), (1, 300, 32), (6, 20, 5)])
+def test_qr_helpers_on_both_sides_of_the_direct_lapack_limit(shape):
+    """Small matrices go to LAPACK directly, big ones (or many) to numpy: the same factorisation either way."""
+    from rnndiag.analysis._common import LAPACK_DIRECT_MAX, orthonormal_columns, qr_reduced
+
+    a = np.random.default_rng(0).standard_normal(shape)
+    assert (shape[1] * shape[2] > LAPACK_DIRECT_MAX) == (shape == (1, 300, 32))
+    q, r = qr_reduced(a)
+    np.testing.assert_allclose(q @ r, a, rtol=0, atol=1e-12)
+    n, _, k = shape
+    np.testing.assert_allclose(np.swapaxes(q, 1, 2) @ q, np.broadcast_to(np.eye(k), (n, k, k)), atol=1e-12)
+    _, d = qr_reduced(a, r="diagonal")
+    np.testing.assert_allclose(np.abs(d), np.abs(np.diagonal(np.linalg.qr(a)[1], axis1=1, axis2=2)), rtol=1e-12)
+    q1 = orthonormal_columns(a[0])
+    np.testing.assert_allclose(q1 @ (q1.T @ a[0]), a[0], atol=1e-12)
+
+
+def test_small_symmetric_and_tridiagonal_solvers_match_numpy():
+    from rnndiag.analysis._common import eigh_small, eigh_tridiagonal, tridiagonal_eigenvalues
+
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((8, 8))
+    g = g @ g.T
+    w, v = eigh_small(g)
+    np.testing.assert_allclose(w, np.linalg.eigvalsh(g), rtol=1e-12)
+    np.testing.assert_allclose(g @ v, v * w, atol=1e-10)
+    d, e = rng.standard_normal(12), rng.standard_normal(11)
+    t = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
+    np.testing.assert_allclose(eigh_tridiagonal(d, e)[0], np.linalg.eigvalsh(t), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(tridiagonal_eigenvalues(d, e), np.linalg.eigvalsh(t), rtol=1e-12, atol=1e-12)

@@ -289,3 +289,27 @@ def test_rmatmul_is_the_row_block_product_with_the_jacobian(setup):
     np.testing.assert_allclose(jac[0].rmatmul(m[0]), m[0] @ jac.dense()[0], rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="m must have shape"):
         jac.rmatmul(m[0])
+
+
+def test_rmatmul_with_formed_parts_buffers_and_scratch_equals_the_product(setup):
+    """The product loop's route: dense parts formed for several steps at once, a column-major m, the result
+    written into a given buffer -- the same m J as the plain call."""
+    model, x, g, state0 = setup
+    tr = bptt(model, x, g, state0)
+    S = model.state_size
+    for lt in tr.layers:
+        jac = lt.jacobians(np.array([4, 0, 2]), np.array([1, 0]))
+        formed = jac.with_formed()
+        assert (formed.formed is None) == (lt.cell.startswith("rnn"))  # an RNN has nothing to form
+        dense = jac.dense()
+        m = np.random.default_rng(1).standard_normal((2, S, S))
+        for a in range(3):
+            want = m @ dense[a]
+            for order in ("C", "F"):
+                # F: each (S, S) matrix column-major, as the product loop holds it
+                src = m.copy() if order == "C" else np.ascontiguousarray(np.swapaxes(m, 1, 2)).transpose(0, 2, 1)
+                out = np.empty((2, S, S))
+                got = formed[a].rmatmul(src, out=out)
+                assert got is out
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+            np.testing.assert_allclose(formed[a].rmatmul(m), want, rtol=1e-12, atol=1e-13)
