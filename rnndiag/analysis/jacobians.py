@@ -128,7 +128,12 @@ def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e
     spectrum of A on everything but ``y_1`` (A is positive semi-definite, so the part outside the subspace has
     its largest eigenvalue below its trace), and then ``lambda_1 <= theta_1 + r_1^2 / (theta_1 - mu)``. This
     holds once the products' spectra have spread (a few tens of steps); before that, Lanczos on ``A`` starts
-    from ``y_1`` (:func:`_lanczos_top`). Returns ``(sigma (n,), the next block (n, S, p))``.
+    from ``y_1`` (:func:`_lanczos_top`), whose answer is heuristic (Kato-Temple with its own second Ritz value,
+    exact where the top is clustered): from ``y_1`` it cannot leave an invariant subspace that the top direction
+    lies outside, so an exactly reducible product (block-diagonal W_hh) whose top block the tracked subspace lost
+    and whose columns are short can still be read low there; the probe column and the restart from a random
+    vector (where ``y_1`` is nearly an eigenvector) cover the diagonal and isolated-unit cases.
+    Returns ``(sigma (n,), the next block (n, S, p))``.
     """
     sigma = np.empty(m.shape[0])
     next_block = np.empty_like(block)
