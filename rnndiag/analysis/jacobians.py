@@ -110,7 +110,8 @@ def _next_basis_vector(w: np.ndarray, prev: np.ndarray, scale: np.ndarray,
     return w, np.where(keep, norm, 0.0)
 
 
-def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e-10, max_steps: int = 40):
+def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e-10, max_steps: int = 40,
+                             rng: np.random.Generator | None = None):
     """Largest singular value of each matrix in ``m`` (n, S, S), from Rayleigh-Ritz of ``A = m m^T`` on a tracked
     subspace where a rigorous bound vouches for it; by Lanczos, or exactly, where it does not.
 
@@ -129,26 +130,29 @@ def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e
     its largest eigenvalue below its trace), and then ``lambda_1 <= theta_1 + r_1^2 / (theta_1 - mu)``. This
     holds once the products' spectra have spread (a few tens of steps); before that, Lanczos on ``A`` starts
     from ``y_1`` (:func:`_lanczos_top`), whose answer is heuristic (Kato-Temple with its own second Ritz value,
-    exact where the top is clustered): from ``y_1`` it cannot leave an invariant subspace that the top direction
-    lies outside, so an exactly reducible product (block-diagonal W_hh) whose top block the tracked subspace lost
-    and whose columns are short can still be read low there; the probe column and the restart from a random
-    vector (where ``y_1`` is nearly an eigenvector) cover the diagonal and isolated-unit cases.
+    exact where the top is clustered). From ``y_1`` Lanczos cannot leave an invariant subspace that the top
+    direction lies outside (an exactly reducible product, block-diagonal W_hh, whose top block the tracked
+    subspace lost): so with ``rng``, the block's second-to-last vector is a fresh random direction every step,
+    which gives every block of the product a component to grow from.
     Returns ``(sigma (n,), the next block (n, S, p))``.
     """
     sigma = np.empty(m.shape[0])
     next_block = np.empty_like(block)
     for i in range(m.shape[0]):  # one sequence at a time: small 2-D products, and plain floats for the rest
-        sigma[i], next_block[i] = _top_left_one(m[i], block[i], tol, max_steps)
+        sigma[i], next_block[i] = _top_left_one(m[i], block[i], tol, max_steps, rng)
     return sigma, next_block
 
 
-def _top_left_one(m: np.ndarray, block: np.ndarray, tol: float, max_steps: int) -> tuple[float, np.ndarray]:
+def _top_left_one(m: np.ndarray, block: np.ndarray, tol: float, max_steps: int,
+                  rng: np.random.Generator | None = None) -> tuple[float, np.ndarray]:
     """:func:`top_left_singular_value` of one (S, S) matrix with its (S, p) block."""
     S, p = block.shape
     cols = np.einsum("ij,ij->j", m, m)  # squared column norms; their sum is trace(A)
     if p > 1:
         block = block.copy()
         block[:, -1] = m[:, int(np.argmax(cols))]
+        if p > 3 and rng is not None:
+            block[:, -2] = rng.standard_normal(S)
     basis = orthonormal_columns(m @ (block.T @ m).T)  # orth(A U)
     w = basis.T @ m  # (p, S)
     theta, vecs = eigh_small(w @ w.T)  # ascending
@@ -259,6 +263,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     sig_at = np.ones((T, n))  # ||P_t|| over exp(scale_at): combined into logarithms at the end
     scale_at = np.zeros((T, n))
     tracked = np.linalg.qr(np.random.default_rng(0).standard_normal((n, S, min(S, TRACKED))))[0]  # top left subspace
+    probes = np.random.default_rng(1)  # a fresh random direction in the tracked subspace every step
     all_converged = True
     for steps, jac in jacobian_blocks(lt, batch, reverse=True):
         log_step[steps], ok = _log10_step_norms(jac, exact)
@@ -275,7 +280,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
                 if exact:
                     sig = np.linalg.svd(m, compute_uv=False)[:, 0]
                 else:
-                    sig, tracked = top_left_singular_value(m, tracked, tol=PRODUCT_TOL)
+                    sig, tracked = top_left_singular_value(m, tracked, tol=PRODUCT_TOL, rng=probes)
                 sig_at[t - 1] = sig
                 scale_at[t - 1] = log_scale
                 # renormalised only when its norm leaves [1e-20, 1e20]: one step's gain can be 1e40, and m m^T
