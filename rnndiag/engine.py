@@ -41,8 +41,7 @@ class StepJacobians:
 
     @property
     def state_size(self) -> int:
-        H = self.factors[0].shape[-1]
-        return 2 * H if self.cell == "lstm" else H
+        return cell_module(self.cell).STATE_FACTOR * self.factors[0].shape[-1]
 
     def __getitem__(self, i) -> StepJacobians:
         """The Jacobians of one step (or a slice of steps) of a multi-step block."""

@@ -173,9 +173,10 @@ def _auto_sample(model: RNNModel, T: int, B: int, k: int) -> int:
     """How many sequences the Jacobian products and Lyapunov exponents can afford: about 2x the BPTT's flops,
     and never less than what ~0.1 s of work buys (so small problems use the whole batch).
 
-    Per sequence and step: the product ``P_t J_t`` (LSTM: ``4 S H^2`` through ``[dc/dh; W_o]``; GRU/RNN: ``2 H^3``
-    on the formed J) and its warm-started Lanczos (~``16 S^2``), ~40 Lanczos steps of one ``J v`` and one
-    ``u^T J`` (``2 G H^2`` each) for ``||J_t||``, and the Lyapunov frame (k Jacobian-vector products and a QR).
+    Per sequence and step: the product ``P_t J_t`` (LSTM: ``4 S H^2`` through J's left block column; GRU/RNN:
+    ``2 H^3`` on the formed J), its norm (``16 S^2`` per thin product with the 8-dimensional tracked subspace, a
+    few such a step), ~40 Lanczos steps of one ``J v`` and one ``u^T J`` (``2 G H^2`` each) for ``||J_t||``, and
+    the Lyapunov frame (k Jacobian-vector products and a QR).
     """
     G, H, I, L, S = model.gate_count, model.hidden_size, model.input_size, model.num_layers, model.state_size
     bptt_flops = 6.0 * T * B * G * H * (H + I) * L

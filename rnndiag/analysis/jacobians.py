@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..engine import LayerTrace, StepJacobians
-from ._common import eigh_small, eigh_tridiagonal, orthonormal_columns, tridiagonal_eigenvalues
+from ._common import eigh_small, eigh_tridiagonal, qr_reduced, tridiagonal_eigenvalues
 
 LOG10_E = math.log10(math.e)
 # relative tolerances of the iterative norms (exact cases such as J = aQ converge at once, to rounding): far
@@ -153,7 +153,7 @@ def _top_left_one(m: np.ndarray, block: np.ndarray, tol: float, max_steps: int,
         block[:, -1] = m[:, int(np.argmax(cols))]
         if p > 3 and rng is not None:
             block[:, -2] = rng.standard_normal(S)
-    basis = orthonormal_columns(m @ (block.T @ m).T)  # orth(A U)
+    basis = qr_reduced((m @ (block.T @ m).T)[None], r=None)[0]  # orth(A U)
     w = basis.T @ m  # (p, S)
     theta, vecs = eigh_small(w @ w.T)  # ascending
     theta, vecs = theta[::-1], vecs[:, ::-1]
@@ -196,24 +196,24 @@ def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: list
         au = m @ (u @ m)
     K = min(S, max_steps)
     basis = np.zeros((K, S))
-    tri = np.zeros((K, K))  # the Lanczos tridiagonal matrix
+    alphas, betas = np.zeros(K), np.zeros(K)  # the Lanczos tridiagonal matrix: diagonal, off-diagonal
     q, z = u, au.copy()
     theta_old = math.nan
     for j in range(K):
         basis[j] = q
         if j > 0:
             z = m @ (q @ m)  # A q = m (m^T q)
-        tri[j, j] = float(q @ z)
+        alphas[j] = float(q @ z)
         done_basis = basis[: j + 1]
         for _ in range(2):  # full re-orthogonalisation, twice (one pass loses it when beta is small)
             z -= (done_basis @ z) @ done_basis
         beta = math.sqrt(float(z @ z))
-        exhausted = beta <= 1e-12 * max(tri[0, 0], 1e-300)
+        exhausted = beta <= 1e-12 * max(alphas[0], 1e-300)
         if j == 0:
-            theta, second = float(tri[0, 0]), None
+            theta, second = float(alphas[0]), None
             converged = exhausted  # a random u is an eigenvector: A is a multiple of the identity (m = aQ)
         else:
-            evals, evecs = eigh_tridiagonal(np.diagonal(tri)[: j + 1].copy(), np.diagonal(tri, 1)[:j].copy())
+            evals, evecs = eigh_tridiagonal(alphas[: j + 1], betas[:j])
             theta, second = float(evals[-1]), float(evals[-2])
             resid2 = (beta * float(evecs[-1, -1])) ** 2
             # the second Ritz value of a Krylov space of two or three vectors can sit far below the second
@@ -232,7 +232,7 @@ def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: list
                 sigma = math.sqrt(max(float(np.linalg.eigvalsh(m @ m.T)[-1]), 0.0))
             return sigma
         q = z / beta if beta > 0 else z
-        tri[j, j + 1] = tri[j + 1, j] = beta
+        betas[j] = beta
     raise AssertionError("unreachable")
 
 
