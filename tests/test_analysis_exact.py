@@ -609,3 +609,22 @@ def test_the_tracked_subspace_sees_a_block_it_has_no_component_in():
     block[: S - k] = np.linalg.qr(rng.standard_normal((S - k, p)))[0]
     sigma, _ = _top_left_one(m, block, 1e-6, 40, np.random.default_rng(1))
     assert sigma == pytest.approx(np.linalg.svd(m, compute_uv=False)[0], rel=1e-6)
+
+
+def test_a_cholesky_factor_proves_a_ritz_value_or_the_norm_is_computed_exactly():
+    """A Ritz value within the tolerance below lambda_max(m m^T) is proved by the Cholesky factor of
+    theta (1 + tol) I - m m^T and returned; one that is not (a hidden top direction) fails the factorisation and
+    the exact norm comes back; a zero matrix has norm 0."""
+    from rnndiag.analysis.jacobians import _proven_or_exact
+
+    rng = np.random.default_rng(0)
+    u = np.linalg.qr(rng.standard_normal((64, 64)))[0]
+    s = np.linspace(1.0, 0.1, 64)
+    s[1] = 0.999  # a clustered top
+    m = u @ np.diag(s) @ np.linalg.qr(rng.standard_normal((64, 64)))[0]
+    tol = 1e-6
+    close = (1.0 - 0.25 * tol) ** 2  # theta within tol of lambda_max = 1
+    assert _proven_or_exact(m, close, tol) == pytest.approx(math.sqrt(close), rel=1e-15)
+    for low in (0.999**2, (1.0 - 2 * tol) ** 2):  # the second singular value; just outside the tolerance
+        assert _proven_or_exact(m, low, tol) == pytest.approx(1.0, rel=1e-12)
+    assert _proven_or_exact(np.zeros((8, 8)), 0.0, tol) == 0.0

@@ -22,7 +22,7 @@ LOG10_E = math.log10(math.e)
 STEP_TOL = PRODUCT_TOL = 1e-6  # ||J_t||_2 by Lanczos bidiagonalisation, ||P_t||_2 by Lanczos on P P^T
 TRACKED = 8  # dimension of the tracked top left singular subspace of the products
 MIN_LANCZOS = 5  # Lanczos steps before its stopping test may stop it (see _lanczos_top)
-CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is computed exactly
+CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is proved or exact
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 FORMED_ELEMENTS = 2**19  # steps x sequences x S x S per batch of formed Jacobian parts (4 MB)
 
@@ -129,11 +129,11 @@ def top_left_singular_value(m: np.ndarray, block: np.ndarray, *, tol: float = 1e
     spectrum of A on everything but ``y_1`` (A is positive semi-definite, so the part outside the subspace has
     its largest eigenvalue below its trace), and then ``lambda_1 <= theta_1 + r_1^2 / (theta_1 - mu)``. This
     holds once the products' spectra have spread (a few tens of steps); before that, Lanczos on ``A`` starts
-    from ``y_1`` (:func:`_lanczos_top`), whose answer is heuristic (Kato-Temple with its own second Ritz value,
-    exact where the top is clustered). From ``y_1`` Lanczos cannot leave an invariant subspace that the top
-    direction lies outside (an exactly reducible product, block-diagonal W_hh, whose top block the tracked
-    subspace lost): so with ``rng``, the block's second-to-last vector is a fresh random direction every step,
-    which gives every block of the product a component to grow from.
+    from ``y_1`` (:func:`_lanczos_top`), whose answer is heuristic (Kato-Temple with its own second Ritz value;
+    proved by a Cholesky factor, or exact, where the top is clustered). From ``y_1`` Lanczos cannot leave an
+    invariant subspace that the top direction lies outside (an exactly reducible product, block-diagonal W_hh,
+    whose top block the tracked subspace lost): so with ``rng``, the block's second-to-last vector is a fresh
+    random direction every step, which gives every block of the product a component to grow from.
     Returns ``(sigma (n,), the next block (n, S, p))``.
     """
     sigma = np.empty(m.shape[0])
@@ -172,7 +172,7 @@ def _top_left_one(m: np.ndarray, block: np.ndarray, tol: float, max_steps: int,
 def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: list[float], *, tol: float,
                  max_steps: int) -> float:
     """Largest singular value of ``m`` (S, S) by Lanczos on ``A = m m^T`` from the unit vector ``u`` (S,)
-    (``au = A u`` given), or exactly where Lanczos cannot vouch for its answer.
+    (``au = A u`` given), or proved or exact where Lanczos cannot vouch for its answer.
 
     Each Lanczos step costs two matrix-vector products; the basis (a few vectors) is fully re-orthogonalised,
     twice. It stops when the top Ritz value ``theta_1`` both stays within ``tol`` (relative) of the previous
@@ -181,7 +181,8 @@ def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: list
     takes the second Ritz value for the second eigenvalue, which fails where the top of the spectrum is
     clustered; so where the top two Ritz values (of the block, ``block_theta``, descending, or of Lanczos)
     are within ``CLUSTER`` (relative), or Lanczos did not converge, or the answer is 0 while ``m`` is not, the
-    norm is computed exactly (the top eigenvalue of ``m m^T``).
+    top Ritz value is proved by a Cholesky factorisation or the norm is computed exactly
+    (:func:`_proven_or_exact`).
     """
     S = m.shape[0]
     block_top = block_theta[0]
@@ -227,24 +228,46 @@ def _lanczos_top(m: np.ndarray, u: np.ndarray, au: np.ndarray, block_theta: list
             redo = clustered or (block_clustered and not exhausted) or not converged
             if sigma <= 0:  # a zero product is exact; otherwise u missed the range of m
                 redo = redo or bool(m.any())
-            if redo:  # exactly, from the largest eigenvalue of m m^T (half an SVD's cost; the largest singular
-                # value loses nothing to the squaring)
-                sigma = math.sqrt(max(float(np.linalg.eigvalsh(m @ m.T)[-1]), 0.0))
+            if redo:
+                sigma = _proven_or_exact(m, sigma * sigma, tol)
             return sigma
         q = z / beta if beta > 0 else z
         betas[j] = beta
     raise AssertionError("unreachable")
 
 
+def _proven_or_exact(m: np.ndarray, theta: float, tol: float) -> float:
+    """The largest singular value of ``m`` (S, S): ``sqrt(theta)`` where a Cholesky factorisation proves it, else
+    exactly (from the largest eigenvalue of ``A = m m^T``: half an SVD's cost, and the largest singular value
+    loses nothing to the squaring).
+
+    ``theta`` is a Rayleigh quotient of A (a Ritz value), so ``theta <= lambda_max(A)``; if ``theta (1 + tol) I - A``
+    has a Cholesky factor it is positive definite, so ``lambda_max(A) < theta (1 + tol)``: the answer is within
+    ``tol / 2`` (relative) of the largest singular value, below it, as rigorously as an eigensolver (Cholesky is
+    backward stable: its rounding moves the bound by a few ``S eps``, far below ``tol``). The factorisation
+    costs about a third of the eigenvalues; where it fails (``theta`` not within ``tol``), the eigenvalues follow.
+    """
+    a = m @ m.T
+    if theta > 0 and math.isfinite(theta):
+        shifted = np.negative(a)
+        shifted.flat[:: a.shape[0] + 1] += theta * (1.0 + tol)
+        try:
+            np.linalg.cholesky(shifted)
+            return math.sqrt(theta)
+        except np.linalg.LinAlgError:
+            pass
+    return math.sqrt(max(float(np.linalg.eigvalsh(a)[-1]), 0.0))
+
+
 def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = None):
     """``log10 ||d s_{T-1} / d s_t||_2`` for t = 0..T-1 and ``log10 ||J_t||_2``, for the rows ``batch``.
 
     Returns ``(log10_product (T, n), log10_step (T, n), converged: bool)``, ``converged`` saying whether every
-    step norm met its tolerance (product norms that neither a bound nor Lanczos can vouch for are computed
-    exactly). The product at t = T-1 is the identity (0). ``exact`` uses SVDs of formed matrices (default: when
-    S <= 96); otherwise the step norms come from Lanczos bidiagonalisation and the product norms from a tracked
-    subspace (:func:`top_left_singular_value`), both to the relative tolerances ``STEP_TOL`` and
-    ``PRODUCT_TOL``. The dense part of the Jacobians is formed a few steps at a time, and the products
+    step norm met its tolerance (product norms that neither a bound nor Lanczos can vouch for are proved by a
+    Cholesky factorisation or computed exactly). The product at t = T-1 is the identity (0). ``exact`` uses SVDs
+    of formed matrices (default: when S <= 96); otherwise the step norms come from Lanczos bidiagonalisation and
+    the product norms from a tracked subspace (:func:`top_left_singular_value`), both to the relative tolerances
+    ``STEP_TOL`` and ``PRODUCT_TOL``. The dense part of the Jacobians is formed a few steps at a time, and the products
     alternate between two buffers.
     """
     T = lt.h.shape[0]
