@@ -628,3 +628,19 @@ def test_a_cholesky_factor_proves_a_ritz_value_or_the_norm_is_computed_exactly()
     for low in (0.999**2, (1.0 - 2 * tol) ** 2):  # the second singular value; just outside the tolerance
         assert _proven_or_exact(m, low, tol) == pytest.approx(1.0, rel=1e-12)
     assert _proven_or_exact(np.zeros((8, 8)), 0.0, tol) == 0.0
+
+
+def test_step_norms_wait_until_every_jacobian_is_steady_at_once():
+    """A top Ritz value of the bidiagonalisation can hold steady over one check and then jump (a direction the
+    Krylov space had missed). Keeping values that were steady once, and solving only the others at later checks,
+    left 1e-3 silent errors on this orthogonal GRU (found by the review sweep): every Jacobian is re-solved
+    until all are steady at the same check."""
+    from rnndiag.analysis.jacobians import _log10_step_norms
+
+    model = rnndiag.init_model("gru", 6, 128, seed=210, init="orthogonal")
+    x = np.random.default_rng(210).standard_normal((40, 5, 6))
+    jac = rnndiag.forward(model, x).layers[0].jacobians(np.arange(40), np.array([0, 3, 4]), dtype=np.float64)
+    log_step, converged = _log10_step_norms(jac, exact=False)
+    expected = np.log10(np.linalg.svd(jac.dense(), compute_uv=False)[..., 0])
+    assert converged
+    np.testing.assert_allclose(log_step, expected, rtol=0, atol=1e-6)
