@@ -313,3 +313,22 @@ def test_rmatmul_with_formed_parts_buffers_and_scratch_equals_the_product(setup)
                 assert got is out
                 np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
             np.testing.assert_allclose(formed[a].rmatmul(m), want, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("lead", [(), (3,), (2, 0), (2, 3)], ids=["one", "steps", "empty", "steps-x-rows"])
+def test_formed_parts_of_any_stack_equal_the_dense_jacobians(cell, lead):
+    """The stacked route (one batched product over the units) forms what the elementwise dense Jacobian holds,
+    for any stack shape, empty ones included."""
+    from rnndiag.cells import gru, lstm
+
+    module = lstm if cell == "lstm" else gru
+    H = 16
+    rng = np.random.default_rng(0)
+    w_hh = rng.standard_normal(((4 if cell == "lstm" else 3) * H, H))
+    factors = tuple(rng.standard_normal((*lead, H)) for _ in range(6 if cell == "lstm" else 4))
+    formed = module.formed_part(factors, w_hh)
+    dense = module.dense_jacobian(factors, w_hh)
+    want = dense[..., :, :H] if cell == "lstm" else dense  # LSTM: the left block column
+    assert formed.shape == want.shape
+    np.testing.assert_allclose(formed, want, rtol=1e-13, atol=1e-13)
