@@ -332,3 +332,22 @@ def test_formed_parts_of_any_stack_equal_the_dense_jacobians(cell, lead):
     want = dense[..., :, :H] if cell == "lstm" else dense  # LSTM: the left block column
     assert formed.shape == want.shape
     np.testing.assert_allclose(formed, want, rtol=1e-13, atol=1e-13)
+
+
+def test_matmul_is_the_column_block_product_with_the_jacobian(setup):
+    """``J @ x`` for a frame of column vectors per Jacobian (the Lyapunov route), with and without formed
+    parts, into a given buffer; a wrong shape is refused."""
+    model, x, g, state0 = setup
+    tr = bptt(model, x, g, state0)
+    S = model.state_size
+    jac = tr.layers[1].jacobians(np.array([4, 0]), np.array([1, 0]))
+    frame = np.random.default_rng(1).standard_normal((2, 2, S, 3))  # 3 column vectors per Jacobian
+    want = jac.dense() @ frame
+    for j in (jac, jac.with_formed()):
+        np.testing.assert_allclose(j.matmul(frame), want, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(j[1].matmul(frame[1]), want[1], rtol=1e-12, atol=1e-14)
+        out = np.empty_like(frame)
+        assert j.matmul(frame, out=out) is out
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="x must have shape"):
+        jac.matmul(frame[0])

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..engine import LayerTrace
 from ._common import list_or_none, qr_reduced
-from .jacobians import jacobian_blocks
+from .jacobians import FORMED_ELEMENTS, jacobian_blocks
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,9 @@ def lyapunov_spectrum(
     if q0 is None:
         q0 = "identity" if k == S else "random"
     if q0 == "identity":
-        q = np.broadcast_to(np.eye(k, S), (n, k, S)).copy()  # the frame's k vectors as rows
+        q = np.broadcast_to(np.eye(S, k), (n, S, k)).copy()  # the frame's k vectors as columns
     elif q0 == "random":
-        q = np.swapaxes(np.linalg.qr(np.random.default_rng(seed).standard_normal((n, S, k)))[0], 1, 2)
+        q = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, S, k)))[0]
     else:
         raise ValueError(f"q0 must be 'identity' or 'random'; got {q0!r}")
     log_sum = np.zeros((n, k))
@@ -92,14 +92,19 @@ def lyapunov_spectrum(
     pending = 0  # steps applied since the last QR
     with np.errstate(divide="ignore"):  # log 0 = -inf: a singular Jacobian's exponent
         for block_steps, jac in jacobian_blocks(lt, batch):
-            for a, t in enumerate(block_steps.tolist()):
-                q = jac[a].jvp(q)  # J_t Q_{t-1}, column by column (the rows of q)
-                pending += 1
-                if pending == reortho_every or t == T - 1 or t == warmup - 1:  # a QR at the warm-up's end too
+            # the dense part of the Jacobians (LSTM: the left block column; GRU: J), formed a few steps at a
+            # time: one product per step with it costs less than a product with W_hh and the elementwise rest
+            per = max(1, FORMED_ELEMENTS // (n * S * S))
+            for start in range(0, len(block_steps), per):
+                formed = jac[start : start + per].with_formed()
+                for a, t in enumerate(block_steps[start : start + per].tolist()):
+                    q = formed[a].matmul(q)  # J_t Q_{t-1}
+                    pending += 1
+                    if pending < reortho_every and t != T - 1 and t != warmup - 1:  # a QR at the warm-up's end too
+                        continue
                     # |R_ii| is what counts: flipping a column of Q (to make R_ii > 0) flips the same column of
                     # J Q next step and leaves every |R_ii| as it is, so the signs are never fixed
-                    qt, d = qr_reduced(np.swapaxes(q, 1, 2), r="diagonal")  # (n, S, k), (n, k)
-                    q = np.swapaxes(qt, 1, 2)
+                    q, d = qr_reduced(q, r="diagonal")  # (n, S, k), (n, k)
                     if t >= warmup:
                         counted = min(pending, t - warmup + 1)
                         logs = np.log(np.abs(d))

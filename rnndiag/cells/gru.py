@@ -199,6 +199,11 @@ def rmatmul(factors, w_hh, m, out=None, formed=None) -> np.ndarray:
     return np.matmul(m, dense_jacobian(factors, w_hh) if formed is None else formed, out=out)
 
 
+def matmul(factors, w_hh, x, out=None, formed=None) -> np.ndarray:
+    """``J x`` for blocks of column vectors ``x`` (..., H, K) (a Lyapunov frame): through the formed J."""
+    return np.matmul(formed_part(factors, w_hh) if formed is None else formed, x, out=out)
+
+
 def dense_jacobian(factors, w_hh) -> np.ndarray:
     """``J`` itself, (..., H, H)."""
     k_r, k_z, k_hn, z = factors

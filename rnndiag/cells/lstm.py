@@ -270,6 +270,24 @@ def rmatmul(factors, w_hh, m, out=None, formed=None) -> np.ndarray:
     return out
 
 
+def matmul(factors, w_hh, x, out=None, formed=None) -> np.ndarray:
+    """``J x`` for blocks of column vectors ``x`` (..., 2H, K) (a Lyapunov frame): the left block column (formed
+    once, or given) times ``x_h`` in one product, plus the diagonal right block column ``[k^c f; f]`` times
+    ``x_c``."""
+    H = w_hh.shape[1]
+    if formed is None:
+        formed = formed_part(factors, w_hh)
+    if out is None:  # column-major matrices, as a QR of the frame takes them
+        shape = np.broadcast_shapes(x.shape, (*formed.shape[:-2], 2 * H, x.shape[-1]))
+        out = np.swapaxes(np.empty((*shape[:-2], shape[-1], shape[-2]), np.result_type(x, formed)), -1, -2)
+    np.matmul(np.swapaxes(x[..., :H, :], -1, -2), np.swapaxes(formed, -1, -2), out=np.swapaxes(out, -1, -2))
+    x_c = x[..., H:, :]
+    f = factors[5][..., :, None]
+    out[..., H:, :] += f * x_c
+    out[..., :H, :] += (factors[4][..., :, None] * f) * x_c
+    return out
+
+
 def dense_jacobian(factors, w_hh) -> np.ndarray:
     """``J`` itself, (..., 2H, 2H), in the state order [h; c]."""
     k_c, f = factors[4], factors[5]

@@ -113,6 +113,15 @@ def rmatmul(factors, w_hh, m, out=None, formed=None) -> np.ndarray:
     return np.matmul(m * d[..., None, :], w_hh, out=out)
 
 
+def matmul(factors, w_hh, x, out=None, formed=None) -> np.ndarray:
+    """``J x = diag(phi') (W_hh x)`` for blocks of column vectors ``x`` (..., H, K): one product."""
+    del formed
+    (d,) = factors
+    out = np.matmul(w_hh, x, out=out)
+    out *= d[..., :, None]
+    return out
+
+
 def dense_jacobian(factors, w_hh) -> np.ndarray:
     """``J = diag(phi') W_hh`` itself, (..., H, H)."""
     (d,) = factors
