@@ -91,7 +91,8 @@ class StepJacobians:
         return cell_module(self.cell).rmatmul(self.factors, self.w_hh, m, out, self.formed)
 
     def matmul(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """``J @ x`` for a block of column vectors per Jacobian, ``x`` (lead..., S, K); into ``out`` when given."""
+        """``J @ x`` for a block of column vectors per Jacobian, ``x`` (lead..., S, K); into ``out`` (same shape,
+        not overlapping ``x``) when given."""
         if x.ndim != len(self.shape) + 2 or x.shape[: len(self.shape)] != self.shape or \
                 x.shape[-2] != self.state_size:
             raise ValueError(f"x must have shape {(*self.shape, self.state_size, 'K')}; got {x.shape}")
