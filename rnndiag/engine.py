@@ -75,27 +75,29 @@ class StepJacobians:
                              None if self.formed is None else self.formed.astype(dtype, copy=False))
 
     def with_formed(self) -> StepJacobians:
-        """The same Jacobians with the dense part that ``rmatmul`` multiplies by formed for all of them at once
-        (O(S H) memory per Jacobian): for products over many steps, a few steps at a time."""
+        """The same Jacobians with the dense part that ``rmatmul`` and ``matmul`` multiply by formed for all of
+        them at once (O(S H) memory per Jacobian): for products over many steps, a few steps at a time."""
         if self.formed is not None:
             return self
         return StepJacobians(self.cell, self.w_hh, self.factors,
                              cell_module(self.cell).formed_part(self.factors, self.w_hh))
 
+    def _check_block(self, a: np.ndarray, name: str, state_axis: int, layout: tuple) -> None:
+        """A block of vectors per Jacobian: ``lead`` axes, then two, one of them (``state_axis``) of size S."""
+        if a.ndim != len(self.shape) + 2 or a.shape[: len(self.shape)] != self.shape or \
+                a.shape[state_axis] != self.state_size:
+            raise ValueError(f"{name} must have shape {layout}; got {a.shape}")
+
     def rmatmul(self, m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``m @ J`` for a block of row vectors per Jacobian, ``m`` (lead..., R, S); into ``out`` (same shape,
         not overlapping ``m``) when given."""
-        if m.ndim != len(self.shape) + 2 or m.shape[: len(self.shape)] != self.shape or \
-                m.shape[-1] != self.state_size:
-            raise ValueError(f"m must have shape {(*self.shape, 'R', self.state_size)}; got {m.shape}")
+        self._check_block(m, "m", -1, (*self.shape, "R", self.state_size))
         return cell_module(self.cell).rmatmul(self.factors, self.w_hh, m, out, self.formed)
 
     def matmul(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``J @ x`` for a block of column vectors per Jacobian, ``x`` (lead..., S, K); into ``out`` (same shape,
         not overlapping ``x``) when given."""
-        if x.ndim != len(self.shape) + 2 or x.shape[: len(self.shape)] != self.shape or \
-                x.shape[-2] != self.state_size:
-            raise ValueError(f"x must have shape {(*self.shape, self.state_size, 'K')}; got {x.shape}")
+        self._check_block(x, "x", -2, (*self.shape, self.state_size, "K"))
         return cell_module(self.cell).matmul(self.factors, self.w_hh, x, out, self.formed)
 
     def dense(self) -> np.ndarray:

@@ -40,6 +40,18 @@ def jacobian_blocks(lt: LayerTrace, batch, *, reverse: bool = False):
         yield steps, lt.jacobians(steps, batch, dtype=np.float64)
 
 
+def formed_steps(steps: np.ndarray, jac: StepJacobians, *, reverse: bool = False):
+    """``(t, J_t)`` for each step of a block from :func:`jacobian_blocks`, with the dense part of the Jacobians
+    formed a few steps at a time (``FORMED_ELEMENTS``, a few MB); backwards in time when ``reverse``."""
+    per = max(1, FORMED_ELEMENTS // (jac.shape[1] * jac.state_size**2))
+    starts = range(0, len(steps), per)
+    for start in reversed(starts) if reverse else starts:
+        formed = jac[start : start + per].with_formed()
+        within = range(formed.shape[0])
+        for a in reversed(within) if reverse else within:
+            yield int(steps[start + a]), formed[a]
+
+
 def _unit_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``a / ||a||`` along the last axis (zero rows stay zero) and the norms."""
     norm = np.sqrt(np.einsum("...i,...i->...", a, a))
@@ -296,27 +308,22 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     for steps, jac in jacobian_blocks(lt, batch, reverse=True):
         log_step[steps], ok = _log10_step_norms(jac, exact)
         all_converged &= ok
-        # the dense part of the Jacobians, formed for a few steps at a time (a few MB)
-        per = max(1, FORMED_ELEMENTS // (n * S * S))
-        for end in range(len(steps), 0, -per):
-            formed = jac[max(0, end - per) : end].with_formed()
-            for a in range(formed.shape[0] - 1, -1, -1):
-                t = int(steps[max(0, end - per) + a])
-                if t == 0:
-                    break  # J_0 maps s_{-1} (the initial state) to s_0: not part of any d s_{T-1} / d s_t
-                m, spare = formed[a].rmatmul(m, out=spare), m  # P_{t-1} = P_t J_t, over exp(log_scale)
-                if exact:
-                    sig = np.linalg.svd(m, compute_uv=False)[:, 0]
-                else:
-                    sig, tracked = top_left_singular_value(m, tracked, tol=PRODUCT_TOL, rng=probes)
-                sig_at[t - 1] = sig
-                scale_at[t - 1] = log_scale
-                # renormalised only when its norm leaves [1e-20, 1e20]: one step's gain can be 1e40, and m m^T
-                # must stay far from overflow and underflow (what is kept is exact either way)
-                if any(s > 1e20 or 0.0 < s < 1e-20 for s in sig.tolist()):
-                    far = (sig > 1e20) | ((sig < 1e-20) & (sig > 0))
-                    log_scale = log_scale + np.where(far, np.log(np.where(far, sig, 1.0)), 0.0)
-                    m *= np.where(far, 1.0 / np.where(far, sig, 1.0), 1.0)[:, None, None]
+        for t, jac_t in formed_steps(steps, jac, reverse=True):
+            if t == 0:
+                break  # J_0 maps s_{-1} (the initial state) to s_0: not part of any d s_{T-1} / d s_t
+            m, spare = jac_t.rmatmul(m, out=spare), m  # P_{t-1} = P_t J_t, over exp(log_scale)
+            if exact:
+                sig = np.linalg.svd(m, compute_uv=False)[:, 0]
+            else:
+                sig, tracked = top_left_singular_value(m, tracked, tol=PRODUCT_TOL, rng=probes)
+            sig_at[t - 1] = sig
+            scale_at[t - 1] = log_scale
+            # renormalised only when its norm leaves [1e-20, 1e20]: one step's gain can be 1e40, and m m^T must
+            # stay far from overflow and underflow (what is kept is exact either way)
+            if any(s > 1e20 or 0.0 < s < 1e-20 for s in sig.tolist()):
+                far = (sig > 1e20) | ((sig < 1e-20) & (sig > 0))
+                log_scale = log_scale + np.where(far, np.log(np.where(far, sig, 1.0)), 0.0)
+                m *= np.where(far, 1.0 / np.where(far, sig, 1.0), 1.0)[:, None, None]
     with np.errstate(divide="ignore"):
         log_prod[:-1] = (scale_at[:-1] + np.log(sig_at[:-1])) * LOG10_E
     return log_prod, log_step, all_converged

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..engine import LayerTrace
 from ._common import list_or_none, qr_reduced
-from .jacobians import FORMED_ELEMENTS, jacobian_blocks
+from .jacobians import formed_steps, jacobian_blocks
 
 
 @dataclass(frozen=True)
@@ -92,25 +92,22 @@ def lyapunov_spectrum(
     pending = 0  # steps applied since the last QR
     with np.errstate(divide="ignore"):  # log 0 = -inf: a singular Jacobian's exponent
         for block_steps, jac in jacobian_blocks(lt, batch):
-            # the dense part of the Jacobians (LSTM: the left block column; GRU: J), formed a few steps at a
-            # time: one product per step with it costs less than a product with W_hh and the elementwise rest
-            per = max(1, FORMED_ELEMENTS // (n * S * S))
-            for start in range(0, len(block_steps), per):
-                formed = jac[start : start + per].with_formed()
-                for a, t in enumerate(block_steps[start : start + per].tolist()):
-                    q = formed[a].matmul(q)  # J_t Q_{t-1}
-                    pending += 1
-                    if pending < reortho_every and t != T - 1 and t != warmup - 1:  # a QR at the warm-up's end too
-                        continue
-                    # |R_ii| is what counts: flipping a column of Q (to make R_ii > 0) flips the same column of
-                    # J Q next step and leaves every |R_ii| as it is, so the signs are never fixed
-                    q, d = qr_reduced(q, r="diagonal")  # (n, S, k), (n, k)
-                    if t >= warmup:
-                        counted = min(pending, t - warmup + 1)
-                        logs = np.log(np.abs(d))
-                        log_sum += logs if counted == pending else logs * (counted / pending)
-                        steps += counted
-                    pending = 0
+            # through the dense part of the Jacobians (LSTM: the left block column; GRU: J): one product per step
+            # with it costs less than a product with W_hh and the elementwise rest
+            for t, jac_t in formed_steps(block_steps, jac):
+                q = jac_t.matmul(q)  # J_t Q_{t-1}
+                pending += 1
+                if pending < reortho_every and t != T - 1 and t != warmup - 1:  # a QR at the warm-up's end too
+                    continue
+                # |R_ii| is what counts: flipping a column of Q (to make R_ii > 0) flips the same column of J Q
+                # next step and leaves every |R_ii| as it is, so the signs are never fixed
+                q, d = qr_reduced(q, r="diagonal")  # (n, S, k), (n, k)
+                if t >= warmup:
+                    counted = min(pending, t - warmup + 1)
+                    logs = np.log(np.abs(d))
+                    log_sum += logs if counted == pending else logs * (counted / pending)
+                    steps += counted
+                pending = 0
     per_seq = log_sum / max(steps, 1)
     per_seq = -np.sort(-per_seq, axis=1)
     with np.errstate(invalid="ignore"):  # -inf exponents (singular Jacobians): equal values have no spread

@@ -1,6 +1,6 @@
 """Recurrent cells as pure functions over arrays, in PyTorch's parameter layout.
 
-Each cell module has the same nine functions, all batched over ``B``, and a constant ``GATE_SCALE``:
+Each cell module has the same ten functions, all batched over ``B``, and a constant ``GATE_SCALE``:
 
 ``GATE_SCALE``
     One factor per gate block (PyTorch's gate order), a power of two: the engine multiplies the rows of ``W_ih``,
@@ -31,14 +31,16 @@ Each cell module has the same nine functions, all batched over ``B``, and a cons
     ``J v`` and ``u^T J`` for stacks of row vectors (..., S) whose leading axes broadcast against the factors';
     the weight product is one 2-D matrix product over all rows.
 ``formed_part(factors, w_hh)``
-    The dense part of ``J`` that ``rmatmul`` multiplies by (LSTM: the left block column (..., 2H, H); GRU: J
-    itself), or None (RNN: ``W_hh`` with scaled rows is never formed). Formed for many steps in one go, it spares
-    ``rmatmul`` its per-step elementwise work.
+    The dense part of ``J`` that ``rmatmul`` and ``matmul`` multiply by (LSTM: the left block column (..., 2H, H);
+    GRU: J itself), or None (RNN: ``W_hh`` with scaled rows is never formed). Formed for many steps in one go, by
+    one product batched over the units, it spares them their per-step elementwise work.
 ``rmatmul(factors, w_hh, m, out=None, formed=None)``
     ``m J`` for blocks of row vectors ``m`` (..., R, S), by whichever route costs the fewest flops for the cell
     (for products of many Jacobians); written into ``out`` (not overlapping ``m``) when given, so that a long
     product can alternate between two buffers instead of allocating (and page-faulting) a new one per step;
     ``formed`` is ``formed_part`` of the same Jacobians, when already at hand.
+``matmul(factors, w_hh, x, out=None, formed=None)``
+    ``J x`` for blocks of column vectors ``x`` (..., S, K) (a Lyapunov frame), through ``formed`` likewise.
 ``dense_jacobian(factors, w_hh)``
     ``J`` itself, (..., S, S). Formed only on request.
 

@@ -196,7 +196,7 @@ def formed_part(factors, w_hh) -> np.ndarray:
 def rmatmul(factors, w_hh, m, out=None, formed=None) -> np.ndarray:
     """``m J`` for blocks of row vectors ``m`` (..., R, H): through the formed J (2H^3 flops, where the row-wise
     ``vjp_rows`` would take 6H^3)."""
-    return np.matmul(m, dense_jacobian(factors, w_hh) if formed is None else formed, out=out)
+    return np.matmul(m, formed_part(factors, w_hh) if formed is None else formed, out=out)
 
 
 def matmul(factors, w_hh, x, out=None, formed=None) -> np.ndarray:

@@ -218,7 +218,8 @@ def vjp_rows(factors, w_hh, u) -> np.ndarray:
 
 def _left_column(factors, w_hh, dtype) -> np.ndarray:
     """``J``'s left block column ``[dh_t/dh_{t-1}; dc_t/dh_{t-1}]`` (..., 2H, H): the gate blocks of ``W_hh``
-    with their rows scaled (O(H^2) work per Jacobian)."""
+    with their rows scaled (O(H^2) work per Jacobian), elementwise, so that each Jacobian's numbers do not depend
+    on the rest of the stack (:func:`dense_jacobian`; products go through the faster :func:`formed_part`)."""
     k_i, k_f, k_g, k_o, k_c, _ = (k[..., :, None] for k in factors)  # (..., H, 1): scale the rows of W blocks
     H = w_hh.shape[1]
     left = np.empty((*factors[0].shape[:-1], 2 * H, H), dtype)
@@ -261,7 +262,7 @@ def rmatmul(factors, w_hh, m, out=None, formed=None) -> np.ndarray:
     dtype = np.result_type(m, w_hh)
     if out is None:
         out = np.empty((*m.shape[:-1], 2 * H), dtype)
-    np.matmul(m, _left_column(factors, w_hh, dtype) if formed is None else formed, out=out[..., :H])
+    np.matmul(m, formed_part(factors, w_hh) if formed is None else formed, out=out[..., :H])
     # the right block column: m_h (k^c f) + m_c f = (m_h k^c + m_c) f
     right = out[..., H:]
     np.multiply(m[..., :H], factors[4][..., None, :], out=right)
