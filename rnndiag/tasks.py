@@ -10,9 +10,9 @@
   repeat the 10 symbols over the last 10 steps; one-hot input of 10 channels (0 blank, 1-8 symbols, 9 delimiter);
   cross-entropy over those 10 steps. A memoryless predictor scores 10 ln 8 / (T + 20) per step.
 * ``sine``: a sine wave with random frequency and phase; predict the next value at every step (MSE).
-* ``text``: character-level language modelling on a text file (default: the public-domain Gettysburg Address
-  shipped in ``examples/data/``): one-hot characters in, the next character out at every step, cross-entropy. A
-  memoryless (unigram) predictor scores the text's character entropy.
+* ``text``: character-level language modelling on a text file (default: the public-domain Gettysburg Address,
+  shipped as package data in ``rnndiag/data/``): one-hot characters in, the next character out at every step,
+  cross-entropy. A memoryless (unigram) predictor scores the text's character entropy.
 * ``noise``: standard normal inputs and no loss of its own (the analysis uses its probe loss).
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from ._validation import check_positive_int, make_rng
 
 TASKS = ("adding", "adding_hs97", "copy", "sine", "text", "noise")
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "gettysburg.txt"
+DEFAULT_TEXT = "gettysburg.txt"  # package data in rnndiag/data/, read through importlib.resources
 COPY_SYMBOLS, COPY_LENGTH = 8, 10
 
 
@@ -57,17 +58,20 @@ def input_size(task: str) -> int:
 @lru_cache(maxsize=8)
 def load_text(path: str | None = None) -> str:
     """The text of ``path`` (default: the shipped Gettysburg Address), checked: readable UTF-8, >= 2 characters."""
-    p = Path(path) if path is not None else DEFAULT_TEXT
-    if not p.exists():
-        where = "the shipped examples/data/gettysburg.txt (install from a source checkout)" if path is None else \
-            f"{str(p)!r}"
-        raise FileNotFoundError(f"text file {where} does not exist; pass a text file")
+    if path is None:  # package data: present in every install, wheel or editable
+        source = resources.files("rnndiag").joinpath("data", DEFAULT_TEXT)
+        where = f"rnndiag/data/{DEFAULT_TEXT}"
+    else:
+        source = Path(path)
+        where = str(source)
+        if not source.exists():
+            raise FileNotFoundError(f"text file {where!r} does not exist; pass a text file")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = source.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as exc:
-        raise ValueError(f"text file {str(p)!r} is not readable UTF-8 text ({type(exc).__name__})") from None
+        raise ValueError(f"text file {where!r} is not readable UTF-8 text ({type(exc).__name__})") from None
     if len(text) < 2:
-        raise ValueError(f"text file {str(p)!r} has {len(text)} characters; a language model needs at least 2")
+        raise ValueError(f"text file {where!r} has {len(text)} characters; a language model needs at least 2")
     return text
 
 
