@@ -21,8 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 import rnndiag
-from rnndiag.analysis import analyze
-from rnndiag.analysis.diagnose import probe_grad_h
+from rnndiag.analysis import analyze, probe_grad_h
 
 
 def median_time(fn, reps: int) -> float:

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 
 from rich.console import Console
+from rnndiag.files import write_report
 
 from rnndiag.render import terminal
-from rnndiag.render.output import write_report
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPORTS = REPO / "reports"
@@ -36,7 +36,7 @@ def fresh_report_dir(root: Path, name: str) -> Path:
 
 def write_json_report(out: Path, metrics: dict, figures: dict | None = None) -> Path:
     """Write ``metrics.json`` (and PNG figures) into the new folder ``out``, atomically; refuses to overwrite."""
-    from rnndiag.analysis._common import jsonable
+    from rnndiag.jsonsafe import jsonable
 
     files = {"metrics.json": json.dumps(jsonable(metrics), indent=1, allow_nan=False).encode("utf-8")}
     if figures:

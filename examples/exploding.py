@@ -52,7 +52,7 @@ from _shared import DEFAULT_REPORTS, fmt, fresh_report_dir, print_table
 
 import rnndiag
 from rnndiag.cli import main as cli
-from rnndiag.render.output import write_atomic
+from rnndiag.files import write_atomic
 
 MODEL = ["--cell", "rnn_tanh", "--hidden-size", "64", "--init", "orthogonal"]
 TASK = ["--task", "sine", "--seq-len", "50", "--batch-size", "64"]

@@ -72,10 +72,10 @@ from pathlib import Path
 
 import numpy as np
 from _shared import DEFAULT_REPORTS, fmt, fresh_report_dir, print_table, write_json_report
+from rnndiag.files import write_atomic
 
 import rnndiag
 from rnndiag.experiments import compare_clipping, diagnose_on_task
-from rnndiag.render.output import write_atomic
 from rnndiag.tasks import input_size
 from rnndiag.train import TrainConfig, train
 
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                "per_seed": [{"seed": m["seed"], "budgets": m["budgets"], "runs": m["runs"],
                              "recommended": m["comparison"]["recommended"]} for m in results],
                "total_wall_time_s": total}
-    from rnndiag.analysis._common import jsonable
+    from rnndiag.jsonsafe import jsonable
 
     write_atomic(out / "summary.json", json.dumps(jsonable(summary), indent=1, allow_nan=False).encode("utf-8"))
     print(f"report: {out}")

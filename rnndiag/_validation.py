@@ -12,11 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-CELL_ALIASES = {"rnn": "rnn_tanh", "tanh": "rnn_tanh", "relu": "rnn_relu", "elman": "rnn_tanh"}
-GATE_COUNT = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-GATE_NAMES = {"rnn_tanh": ("h",), "rnn_relu": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
-FLOAT_DTYPES = (np.float32, np.float64)
+from .cells import CELL_ALIASES, CELLS
 
 
 def check_cell(cell: object, name: str = "cell") -> str:

@@ -193,7 +193,7 @@ def analyze(**opts):
       rnndiag analyze --cell lstm --forget-bias 1 --json - --format none
     """
     from .analysis import analyze as run_analysis
-    from .render.output import OutputError, check_out_dir
+    from .files import OutputError, check_out_dir
 
     t_start = time.perf_counter()
     quiet = opts["quiet"]
@@ -364,7 +364,7 @@ def _write_outputs(diag, metrics, formats, out, opts, model_label, input_label, 
                    json_path):
     from .render.figures import all_figures, png_bytes
     from .render.html import render_html
-    from .render.output import OutputError, write_atomic, write_report
+    from .files import OutputError, write_atomic, write_report
 
     if not formats:
         return None
@@ -438,7 +438,7 @@ def _common_options(fn):
 
 def _prepare(opts, kind: str):
     """Console, formats and a checked output folder -- before any work, so bad options write nothing."""
-    from .render.output import OutputError, check_out_dir
+    from .files import OutputError, check_out_dir
 
     to_stdout = opts["json_to"] == "-"
     console = Console(stderr=to_stdout, quiet=opts["quiet"], highlight=False)
@@ -457,7 +457,7 @@ def _emit(kind, title, headline, reasons, columns, rows, config, command, metric
           json_path, console):
     from .render.figures import png_bytes
     from .render.html import render_comparison
-    from .render.output import OutputError, write_atomic, write_report
+    from .files import OutputError, write_atomic, write_report
 
     metrics = {"rnndiag_version": __version__, **metrics, "command": command}
     files: dict[str, bytes] = {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_array
-from .cells import cell_module
+from .cells import cell_kwargs, cell_module
 from .model import RNNModel
 
 
@@ -132,10 +132,7 @@ class LayerTrace:
 
     @property
     def state_size(self) -> int:
-        return 2 * self.hidden_size if self.cell == "lstm" else self.hidden_size
-
-    def _kwargs(self):
-        return {"nonlinearity": "relu" if self.cell == "rnn_relu" else "tanh"} if self.cell.startswith("rnn") else {}
+        return cell_module(self.cell).STATE_FACTOR * self.hidden_size
 
     def _t(self, t: int) -> int:
         T = self.h.shape[0]
@@ -163,7 +160,7 @@ class LayerTrace:
         idx = None if batch is None else np.atleast_1d(np.arange(B)[batch])
         mod = cell_module(self.cell)
         jac = StepJacobians(self.cell, self.w_hh,
-                            mod.jacobian_factors(self.arrays, self.h0, self.c0, t, idx, **self._kwargs()))
+                            mod.jacobian_factors(self.arrays, self.h0, self.c0, t, idx, **cell_kwargs(self.cell)))
         return jac if dtype is None else jac.astype(dtype)
 
     def step_jacobian(self, t: int, batch=None) -> np.ndarray:
@@ -183,15 +180,16 @@ class LayerTrace:
     def state(self, t: int) -> np.ndarray:
         """``s_t`` (B, S): h_t, or [h_t; c_t] for LSTM; ``t = -1`` is not the initial state, use ``initial_state``."""
         t = self._t(t)
-        if self.cell == "lstm":
-            return np.concatenate([self.h[t], self.arrays["c"][t]], axis=1)
-        return self.h[t]
+        return self._stacked([self.arrays[name][t] for name in cell_module(self.cell).STATE_NAMES])
 
     @property
     def initial_state(self) -> np.ndarray:
-        if self.cell == "lstm":
-            return np.concatenate([self.h0, self.c0], axis=1)
-        return self.h0
+        initial = {"h": self.h0, "c": self.c0}
+        return self._stacked([initial[name] for name in cell_module(self.cell).STATE_NAMES])
+
+    @staticmethod
+    def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     @property
     def nbytes(self) -> int:
@@ -246,9 +244,15 @@ class Trace:
 
     @property
     def c_n(self) -> np.ndarray | None:
-        if self.model.cell != "lstm":
+        if not self.model.has_cell_state:
             return None
         return np.stack([lt.arrays["c"][-1] for lt in self.layers])
+
+    def state0_after(self, t: int):
+        """The ``state0`` (``h`` (L, B, H), or ``(h, c)`` with a cell state) that continues this run after step
+        ``t``: running the model on ``x[t + 1:]`` from it gives the same states as this run."""
+        h = np.stack([lt.h[t] for lt in self.layers])
+        return (h, np.stack([lt.c[t] for lt in self.layers])) if self.model.has_cell_state else h
 
     def step_jacobian(self, t: int, layer: int = -1, batch=None) -> np.ndarray:
         """``d s_t / d s_{t-1}`` of one layer at step ``t``: (B, S, S) (or the rows ``batch``)."""
@@ -285,8 +289,8 @@ def _check_inputs(model: RNNModel, x, state0):
     L, H = model.num_layers, model.hidden_size
     if state0 is None:
         h0 = np.zeros((L, B, H), dtype)
-        c0 = np.zeros((L, B, H), dtype) if model.cell == "lstm" else None
-    elif model.cell == "lstm":
+        c0 = np.zeros((L, B, H), dtype) if model.has_cell_state else None
+    elif model.has_cell_state:
         if not isinstance(state0, (tuple, list)) or len(state0) != 2:
             raise TypeError("state0 for an LSTM must be the tuple (h0, c0), each of shape (num_layers, B, H)")
         h0 = check_array(state0[0], "state0 h0", (L, B, H), dtype, copy=True)
@@ -299,19 +303,15 @@ def _check_inputs(model: RNNModel, x, state0):
     return x, h0, c0
 
 
-def _forward_weights(mod, cell: str, w_ih, w_hh, b_ih, b_hh):
+def _forward_weights(mod, w_ih, w_hh, b_ih, b_hh):
     """``W_ih``, the bias folded into the input projection, and ``W_hh`` as the cell's ``forward`` takes them.
 
     Each gate block's rows are multiplied by the cell module's ``GATE_SCALE`` (powers of two, so exactly). The
-    bias is ``b_ih + b_hh``, except a GRU's n block: ``b_hn`` sits inside ``r * (W_hn h + b_hn)`` and ``forward``
-    adds it per step.
+    bias is the cell's ``folded_bias`` (``b_ih + b_hh``, except a GRU's n block: ``b_hn`` sits inside
+    ``r * (W_hn h + b_hn)`` and ``forward`` adds it per step).
     """
     H = w_hh.shape[1]
-    b = None
-    if b_ih is not None:
-        b = b_ih + b_hh
-        if cell == "gru":
-            b[2 * H :] = b_ih[2 * H :]
+    b = mod.folded_bias(b_ih, b_hh) if b_ih is not None else None
     if all(s == 1.0 for s in mod.GATE_SCALE):
         return w_ih, b, w_hh
     scale = np.repeat(np.asarray(mod.GATE_SCALE, w_hh.dtype), H)  # (G*H,)
@@ -341,11 +341,11 @@ def _input_projection(layer_input: np.ndarray, w_ih, b) -> np.ndarray:
 def _run_forward(model: RNNModel, x, h0, c0) -> list[LayerTrace]:
     layers = []
     layer_input = x
-    kwargs = {"nonlinearity": model.nonlinearity} if model.cell.startswith("rnn") else {}
+    kwargs = cell_kwargs(model.cell)
     mod = cell_module(model.cell)
     for layer in range(model.num_layers):
         w_ih, w_hh, b_ih, b_hh = model.layer_params(layer)
-        w_ih_f, b_f, w_hh_f = _forward_weights(mod, model.cell, w_ih, w_hh, b_ih, b_hh)
+        w_ih_f, b_f, w_hh_f = _forward_weights(mod, w_ih, w_hh, b_ih, b_hh)
         pre = _input_projection(layer_input, w_ih_f, b_f)
         c0_l = c0[layer] if c0 is not None else None
         arrays = mod.forward(pre, h0[layer], c0_l, w_hh_f, b_hh, **kwargs)
@@ -397,9 +397,9 @@ def backward(trace: Trace, grad_h, *, param_grads: bool = True) -> Trace:
     grad_h = check_array(grad_h, "grad_h", (T, B, model.hidden_size), model.dtype)
     layers = trace.layers
     h0 = np.stack([lt.h0 for lt in layers])
-    c0 = np.stack([lt.c0 for lt in layers]) if model.cell == "lstm" else None
+    c0 = np.stack([lt.c0 for lt in layers]) if model.has_cell_state else None
     mod = cell_module(model.cell)
-    kwargs = {"nonlinearity": model.nonlinearity} if model.cell.startswith("rnn") else {}
+    kwargs = cell_kwargs(model.cell)
     grads: dict[str, np.ndarray] = {}
     grad_h0 = np.empty_like(h0)
     grad_c0 = np.empty_like(c0) if c0 is not None else None
@@ -434,8 +434,8 @@ def backward(trace: Trace, grad_h, *, param_grads: bool = True) -> Trace:
                 g_hh += d_rec_2d[B:].T @ lt.h[:-1].reshape((T - 1) * B, -1)
             grads[f"weight_hh_l{layer}"] = g_hh
             if b_ih is not None:
-                grads[f"bias_hh_l{layer}"] = d_rec_2d.sum(axis=0) if model.cell == "gru" else \
-                    grads[f"bias_ih_l{layer}"].copy()
+                grads[f"bias_hh_l{layer}"] = grads[f"bias_ih_l{layer}"].copy() if mod.HIDDEN_BIAS_FOLDED else \
+                    d_rec_2d.sum(axis=0)
         if layer == 0:
             grad_x = below
         else:

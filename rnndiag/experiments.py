@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .analysis import Diagnosis, analyze
-from .analysis._common import finite_or_none, jsonable
 from .analysis.verdict import SEVERITY
 from .clip import ClipStats, clip_stats
 from .engine import forward
 from .init import check_scheme, init_model
+from .jsonsafe import finite_or_none, jsonable
 from .model import RNNModel
 from .tasks import make_task, out_size, readout, task_loss_grad
 from .train import TrainConfig, TrainResult, train

@@ -31,6 +31,7 @@ import math
 import numpy as np
 
 from ._validation import check_cell, check_dtype, check_positive_int, make_rng
+from .cells import cell_module
 from .model import RNNModel, param_shapes
 
 SCHEMES = (
@@ -137,14 +138,15 @@ def init_model(
         if scheme in ("tutorial", "pytorch"):
             raise ValueError(f"gain has no meaning for init {scheme!r}; use it with "
                              f"{', '.join(s for s in SCHEMES if s not in ('tutorial', 'pytorch'))}")
+    forget_gate = cell_module(cell).FORGET_GATE
     if forget_bias is not None:
-        if cell != "lstm":
+        if forget_gate is None:
             raise ValueError(f"forget_bias applies to LSTM only; got cell {cell!r}")
         if not bias:
             raise ValueError("forget_bias needs biases; drop bias=False or forget_bias")
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
             raise ValueError(f"forget_bias must be a finite number; got {forget_bias!r}")
-    if scheme == "keras" and cell == "lstm" and forget_bias is None and bias:
+    if scheme == "keras" and forget_gate is not None and forget_bias is None and bias:
         forget_bias = 1.0
     g = DEFAULT_GAIN.get(scheme, 1.0) if gain is None else float(gain)
     rng = make_rng(seed)
@@ -162,9 +164,11 @@ def init_model(
         else:
             params[name] = np.zeros(shape)
     if forget_bias is not None:
+        k = cell_module(cell).GATE_NAMES.index(forget_gate)
+        rows = slice(k * H, (k + 1) * H)
         for layer in range(num_layers):
-            params[f"bias_ih_l{layer}"][H : 2 * H] = forget_bias
-            params[f"bias_hh_l{layer}"][H : 2 * H] = 0.0
+            params[f"bias_ih_l{layer}"][rows] = forget_bias
+            params[f"bias_hh_l{layer}"][rows] = 0.0
     params = {k: np.ascontiguousarray(v, dtype=dt) for k, v in params.items()}
     label = scheme if gain is None else f"{scheme}(gain={g:g})"
     if forget_bias is not None:

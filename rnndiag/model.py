@@ -6,22 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import GATE_COUNT, GATE_NAMES, check_cell, check_dtype, check_positive_int
-
-
-def param_names(num_layers: int, bias: bool = True) -> list[str]:
-    """``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ...`` in PyTorch's order."""
-    names = []
-    for layer in range(num_layers):
-        names += [f"weight_ih_l{layer}", f"weight_hh_l{layer}"]
-        if bias:
-            names += [f"bias_ih_l{layer}", f"bias_hh_l{layer}"]
-    return names
+from ._validation import check_cell, check_dtype, check_positive_int
+from .cells import cell_module, nonlinearity
 
 
 def param_shapes(cell: str, input_size: int, hidden_size: int, num_layers: int, bias: bool = True):
-    """Expected shape of every parameter, as in ``nn.RNN/nn.LSTM/nn.GRU``."""
-    gh = GATE_COUNT[cell] * hidden_size
+    """Expected shape of every parameter, as in ``nn.RNN/nn.LSTM/nn.GRU``, in PyTorch's order."""
+    gh = len(cell_module(cell).GATE_NAMES) * hidden_size
     shapes = {}
     for layer in range(num_layers):
         in_size = input_size if layer == 0 else hidden_size
@@ -40,6 +31,7 @@ class RNNModel:
     ``params`` maps PyTorch state_dict names (``weight_ih_l0`` (G*H, I), ``weight_hh_l0`` (G*H, H),
     ``bias_ih_l0``, ``bias_hh_l0``, ...) to arrays, with G = 1 (RNN), 4 (LSTM: i, f, g, o) or 3 (GRU: r, z, n).
 
+    >>> from rnndiag import init_model
     >>> m = init_model("lstm", 3, 8, seed=0)
     >>> m.params["weight_hh_l0"].shape
     (32, 8)
@@ -83,16 +75,21 @@ class RNNModel:
     @property
     def gate_count(self) -> int:
         """G: 1 for RNN, 4 for LSTM, 3 for GRU."""
-        return GATE_COUNT[self.cell]
+        return len(self.gate_names)
 
     @property
     def gate_names(self) -> tuple[str, ...]:
-        return GATE_NAMES[self.cell]
+        return cell_module(self.cell).GATE_NAMES
 
     @property
     def state_size(self) -> int:
         """S: H for RNN and GRU, 2H for LSTM ([h; c])."""
-        return 2 * self.hidden_size if self.cell == "lstm" else self.hidden_size
+        return cell_module(self.cell).STATE_FACTOR * self.hidden_size
+
+    @property
+    def has_cell_state(self) -> bool:
+        """Whether the state holds a cell state ``c`` besides ``h`` (LSTM): then ``state0`` is ``(h0, c0)``."""
+        return "c" in cell_module(self.cell).STATE_NAMES
 
     @property
     def dtype(self) -> np.dtype:
@@ -101,7 +98,7 @@ class RNNModel:
     @property
     def nonlinearity(self) -> str:
         """``tanh`` or ``relu`` for RNN cells; ``tanh`` (of the candidate) for gated cells."""
-        return "relu" if self.cell == "rnn_relu" else "tanh"
+        return nonlinearity(self.cell)
 
     @property
     def num_params(self) -> int:

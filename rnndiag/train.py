@@ -29,6 +29,7 @@ from ._validation import check_positive_int
 from .analysis.lyapunov import lyapunov_spectrum
 from .clip import Clipper, cosine, global_norm
 from .engine import backward, forward
+from .jsonsafe import jsonable
 from .model import RNNModel
 from .tasks import make_task, out_size, readout, task_loss_grads
 
@@ -106,8 +107,6 @@ class History:
         return len(self.loss)
 
     def to_dict(self) -> dict:
-        from .analysis._common import jsonable
-
         return jsonable(dataclasses.asdict(self))
 
     @classmethod

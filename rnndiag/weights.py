@@ -7,103 +7,118 @@ file and says what to do.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ._validation import check_cell, check_dtype
+from .cells import CELLS, cell_module
+from .files import write_atomic
 from .model import RNNModel, param_shapes
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)$")
 CELL_KEY = "rnndiag_cell"  # optional 0-d string array: the cell name, so rnn_relu survives a round trip
-_GATES_TO_CELL = {1: "rnn_tanh", 3: "gru", 4: "lstm"}
 
 
 class WeightsFileError(ValueError):
-    """A weights file cannot be used; the message says why and how to fix it."""
+    """Weights (a file or a state_dict) cannot be used; the message says why and how to fix it."""
 
 
-def _fail(path: Path, message: str) -> WeightsFileError:
-    return WeightsFileError(f"weights file {str(path)!r}: {message}")
+def _fail(source: str, message: str) -> WeightsFileError:
+    return WeightsFileError(f"{source}: {message}")
+
+
+def _file(path: Path) -> str:
+    return f"weights file {str(path)!r}"
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
-            raise _fail(path, "holds a single array, not named weights; save a dict with "
-                              "np.savez(path, **state_dict)")
+            raise _fail(_file(path), "holds a single array, not named weights; save a dict with "
+                                     "np.savez(path, **state_dict)")
         with data:
             return {k: data[k] for k in data.files}
     except WeightsFileError:
         raise
     except ValueError as exc:
         if "object arrays" in str(exc).lower():
-            raise _fail(path, "holds a pickled object array, which rnndiag never loads; save plain numeric "
-                              "arrays (np.savez(path, **{k: v.numpy() for k, v in sd.items()}))") from None
+            raise _fail(_file(path), "holds a pickled object array, which rnndiag never loads; save plain numeric "
+                                     "arrays (np.savez(path, **{k: v.numpy() for k, v in sd.items()}))") from None
         if "pickled" in str(exc).lower():  # numpy's word for bytes that are neither zip nor .npy
-            raise _fail(path, "is not an .npz archive (corrupt, or another format); re-save it with "
-                              "np.savez(path, **state_dict)") from None
-        raise _fail(path, f"is not a readable .npz ({exc}); re-save it with np.savez") from None
+            raise _fail(_file(path), "is not an .npz archive (corrupt, or another format); re-save it with "
+                                     "np.savez(path, **state_dict)") from None
+        raise _fail(_file(path), f"is not a readable .npz ({exc}); re-save it with np.savez") from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
-        raise _fail(path, f"is corrupt or truncated ({type(exc).__name__}: {exc}); re-save it with np.savez") from None
+        raise _fail(_file(path), f"is corrupt or truncated ({type(exc).__name__}: {exc}); re-save it with "
+                                 "np.savez") from None
 
 
-def _read_torch(path: Path) -> dict[str, np.ndarray]:
+def _read_torch(path: Path) -> dict:
     try:
         import torch
     except ImportError:
-        raise _fail(path, "is a PyTorch file but torch is not installed; pip install 'rnndiag[torch]', or "
-                          "convert it to .npz with np.savez(p, **{k: v.numpy() for k, v in sd.items()})") from None
+        raise _fail(_file(path), "is a PyTorch file but torch is not installed; pip install 'rnndiag[torch]', or "
+                                 "convert it to .npz with np.savez(p, **{k: v.numpy() for k, v in sd.items()})") \
+            from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files (UnpicklingError, RuntimeError, EOFError ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _fail(path, f"cannot be read as a weights-only PyTorch state_dict ({first[:160]}); save "
-                          "model.state_dict() with torch.save") from None
+        raise _fail(_file(path), f"cannot be read as a weights-only PyTorch state_dict ({first[:160]}); save "
+                                 "model.state_dict() with torch.save") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # a checkpoint dict {"state_dict": ..., "epoch": ...}
     if not isinstance(obj, dict):
-        raise _fail(path, f"holds a {type(obj).__name__}, not a state_dict; save model.state_dict() with torch.save")
-    out = {}
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            raise _fail(path, f"entry {k!r} is a {type(v).__name__}, not a tensor; save model.state_dict()")
-        if v.dtype in (torch.float16, torch.bfloat16):
-            v = v.float()
-        out[str(k)] = v.detach().cpu().numpy()
-    return out
+        raise _fail(_file(path), f"holds a {type(obj).__name__}, not a state_dict; save model.state_dict() with "
+                                 "torch.save")
+    return obj
 
 
-def read_state_dict(path) -> dict[str, np.ndarray]:
-    """The raw arrays of a weights file, unchecked (keys as stored)."""
+def read_state_dict(path) -> dict:
+    """The raw entries of a weights file, unchecked (keys as stored): arrays from ``.npz``, tensors from ``.pt``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist; check the path")
     if path.is_dir():
-        raise _fail(path, "is a folder; pass the .npz or .pt file inside it")
+        raise _fail(_file(path), "is a folder; pass the .npz or .pt file inside it")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path)
     if suffix in (".pt", ".pth"):
         return _read_torch(path)
-    raise _fail(path, f"has an unknown extension {suffix or '(none)'!r}; use .npz (or .pt/.pth with torch installed)")
+    raise _fail(_file(path), f"has an unknown extension {suffix or '(none)'!r}; use .npz (or .pt/.pth with torch "
+                             "installed)")
 
 
-def _strip_prefix(path: Path, raw: dict[str, np.ndarray], prefix: str | None) -> dict[str, np.ndarray]:
+def _as_array(source: str, key: str, value) -> np.ndarray:
+    """A numpy array of one state_dict entry: arrays as they are, tensors detached to the CPU (float16 and
+    bfloat16 widened to float32, which numpy can hold exactly)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if callable(getattr(value, "detach", None)) and hasattr(value, "dtype"):  # a torch.Tensor, without importing torch
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) in ("torch.float16", "torch.bfloat16"):
+            tensor = tensor.float()
+        return tensor.numpy()
+    raise _fail(source, f"entry {key!r} is a {type(value).__name__}, not an array or tensor; pass "
+                        "model.state_dict() (or a dict of numpy arrays)")
+
+
+def _strip_prefix(source: str, raw: dict[str, np.ndarray], prefix: str | None) -> dict[str, np.ndarray]:
     if prefix:
         if not prefix.endswith("."):
             prefix += "."
         picked = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
         if not picked:
-            raise _fail(path, f"has no keys under prefix {prefix!r}; its keys start with "
-                              f"{sorted({k.split('.')[0] for k in raw})[:5]}")
+            raise _fail(source, f"has no keys under prefix {prefix!r}; its keys start with "
+                                f"{sorted({k.split('.')[0] for k in raw})[:5]}")
         return picked
     # a whole-model state_dict whose RNN lives under one prefix ("encoder.rnn.weight_ih_l0"): take it if unique
     found = {k[: -len("weight_ih_l0")] for k in raw if k.endswith("weight_ih_l0")}
@@ -112,100 +127,149 @@ def _strip_prefix(path: Path, raw: dict[str, np.ndarray], prefix: str | None) ->
         if only:
             stray = [k for k in raw if not k.startswith(only) and k != CELL_KEY]
             if stray:
-                raise _fail(path, f"holds other modules' keys besides the RNN under {only!r} (e.g. {stray[0]!r}); "
-                                  f"pass prefix={only[:-1]!r} (CLI: --prefix) to pick the RNN")
+                raise _fail(source, f"holds other modules' keys besides the RNN under {only!r} (e.g. {stray[0]!r}); "
+                                    f"pass prefix={only[:-1]!r} (CLI: --prefix) to pick the RNN")
             return {k[len(only):]: v for k, v in raw.items() if k.startswith(only)} | (
                 {CELL_KEY: raw[CELL_KEY]} if CELL_KEY in raw else {})
         return raw
     if len(found) > 1:
-        raise _fail(path, f"holds several recurrent modules ({', '.join(sorted(p or '(top)' for p in found))}); "
-                          "pass prefix= (CLI: --prefix) to choose one")
+        raise _fail(source, f"holds several recurrent modules ({', '.join(sorted(p or '(top)' for p in found))}); "
+                            "pass prefix= (CLI: --prefix) to choose one")
     return raw
 
 
-def load_weights(path, cell: str | None = None, *, dtype=None, prefix: str | None = None) -> RNNModel:
-    """Load an ``nn.RNN/nn.LSTM/nn.GRU`` state_dict saved as ``.npz`` (PyTorch key names) or ``.pt``/``.pth``.
+def _cell_for_gate_count() -> dict[int, str]:
+    """Gate count G -> the cell it means without further word (the first in CELLS: rnn_tanh for G = 1)."""
+    out: dict[int, str] = {}
+    for cell in CELLS:
+        out.setdefault(len(cell_module(cell).GATE_NAMES), cell)
+    return out
 
-    The cell type, sizes and layer count are inferred from the keys and shapes; ``cell`` overrides (an RNN's
-    tanh/relu cannot be inferred: default ``rnn_tanh``, pass ``cell="rnn_relu"``). The weights keep their dtype
-    unless ``dtype`` is given. ``prefix`` picks the RNN out of a whole model's state_dict (``"encoder.rnn"``).
 
-    >>> import tempfile, os
-    >>> from rnndiag import init_model
-    >>> p = os.path.join(tempfile.mkdtemp(), "w.npz"); save_weights(init_model("gru", 2, 4, seed=0), p)
-    >>> load_weights(p).cell
-    'gru'
-    """
-    path = Path(path)
-    raw = _strip_prefix(path, read_state_dict(path), prefix)
-    stored_cell = raw.pop(CELL_KEY, None)
-    if stored_cell is not None:
-        if stored_cell.dtype.kind != "U" or stored_cell.ndim != 0:
-            raise _fail(path, f"key {CELL_KEY!r} must be a 0-d string array naming the cell")
-        stored_cell = str(stored_cell)
+def _stored_cell(source: str, raw: dict) -> str | None:
+    stored = raw.pop(CELL_KEY, None)
+    if stored is None:
+        return None
+    stored = np.asarray(stored)
+    if stored.dtype.kind != "U" or stored.ndim != 0:
+        raise _fail(source, f"key {CELL_KEY!r} must be a 0-d string array naming the cell")
+    return str(stored)
+
+
+def _check_keys(source: str, raw: dict[str, np.ndarray]) -> None:
     if any(k.endswith("_reverse") for k in raw):
-        raise _fail(path, "is a bidirectional RNN (keys ending in _reverse); rnndiag analyses one direction: "
-                          "save a unidirectional model or drop the _reverse keys")
+        raise _fail(source, "is a bidirectional RNN (keys ending in _reverse); rnndiag analyses one direction: "
+                            "save a unidirectional model or drop the _reverse keys")
     if any(k.startswith("weight_hr_l") for k in raw):
-        raise _fail(path, "is an LSTM with proj_size > 0 (weight_hr_l* keys), which rnndiag does not support yet")
+        raise _fail(source, "is an LSTM with proj_size > 0 (weight_hr_l* keys), which rnndiag does not support yet")
     unknown = [k for k in raw if not _KEY.match(k)]
     if unknown:
-        raise _fail(path, f"has keys that are not nn.RNN/LSTM/GRU parameters: {', '.join(unknown[:5])}; expected "
-                          "weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ... (or pass prefix=)")
+        raise _fail(source, f"has keys that are not nn.RNN/LSTM/GRU parameters: {', '.join(unknown[:5])}; expected "
+                            "weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ... (or pass prefix=)")
     if "weight_hh_l0" not in raw or "weight_ih_l0" not in raw:
         missing = [k for k in ("weight_ih_l0", "weight_hh_l0") if k not in raw]
-        raise _fail(path, f"is missing {', '.join(missing)}; expected PyTorch names weight_ih_l0, weight_hh_l0, ...")
+        raise _fail(source, f"is missing {', '.join(missing)}; expected PyTorch names weight_ih_l0, weight_hh_l0, ...")
     for k, v in raw.items():
         if v.dtype.kind not in "fiu":
-            raise _fail(path, f"key {k!r} has dtype {v.dtype}, not numbers; save float arrays")
+            raise _fail(source, f"key {k!r} has dtype {v.dtype}, not numbers; save float arrays")
         if not np.isfinite(v).all():
-            raise _fail(path, f"key {k!r} contains NaN or Inf; the weights are unusable (was training diverging?)")
+            raise _fail(source, f"key {k!r} contains NaN or Inf; the weights are unusable (was training diverging?)")
+
+
+def _architecture(source: str, raw: dict[str, np.ndarray], cell: str | None, stored_cell: str | None):
+    """(cell, input_size, hidden_size, num_layers, bias) from the keys and shapes, checked against ``cell``."""
     w_hh = raw["weight_hh_l0"]
     if w_hh.ndim != 2 or w_hh.shape[1] == 0 or w_hh.shape[0] % w_hh.shape[1] != 0:
-        raise _fail(path, f"weight_hh_l0 has shape {w_hh.shape}; expected (G*H, H) with G = 1, 3 or 4")
+        raise _fail(source, f"weight_hh_l0 has shape {w_hh.shape}; expected (G*H, H) with G = 1, 3 or 4")
     H = w_hh.shape[1]
     G = w_hh.shape[0] // H
-    if G not in _GATES_TO_CELL:
-        raise _fail(path, f"weight_hh_l0 has shape {w_hh.shape}: {G}*H rows, but G must be 1 (RNN), 3 (GRU) "
-                          "or 4 (LSTM)")
-    inferred = _GATES_TO_CELL[G]
+    by_gates = _cell_for_gate_count()
+    if G not in by_gates:
+        raise _fail(source, f"weight_hh_l0 has shape {w_hh.shape}: {G}*H rows, but G must be 1 (RNN), 3 (GRU) "
+                            "or 4 (LSTM)")
+    inferred = by_gates[G]
     if cell is not None:
         cell = check_cell(cell)
     elif stored_cell is not None:
-        cell = check_cell(stored_cell, f"{CELL_KEY} in {path}")
+        cell = check_cell(stored_cell, f"{CELL_KEY} in {source}")
     else:
         cell = inferred
-    if {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[cell] != G:
-        raise _fail(path, f"weight_hh_l0 has {G}*H rows, which is a {inferred}, not a {cell}; drop --cell or fix it")
+    if len(cell_module(cell).GATE_NAMES) != G:
+        raise _fail(source, f"weight_hh_l0 has {G}*H rows, which is a {inferred}, not a {cell}; drop --cell or fix "
+                            "it")
     w_ih = raw["weight_ih_l0"]
     if w_ih.ndim != 2 or w_ih.shape[1] == 0:
-        raise _fail(path, f"weight_ih_l0 has shape {w_ih.shape}; expected ({G * H}, input_size) with input_size >= 1")
-    input_size = w_ih.shape[1]
+        raise _fail(source, f"weight_ih_l0 has shape {w_ih.shape}; expected ({G * H}, input_size) with "
+                            "input_size >= 1")
     layers = sorted({int(_KEY.match(k).group(2)) for k in raw})
-    num_layers = len(layers)
-    if layers != list(range(num_layers)):
-        raise _fail(path, f"has layers {layers}; layer indices must run 0..{num_layers - 1} without gaps")
-    has_bias = "bias_ih_l0" in raw or "bias_hh_l0" in raw
+    if layers != list(range(len(layers))):
+        raise _fail(source, f"has layers {layers}; layer indices must run 0..{len(layers) - 1} without gaps")
+    return cell, w_ih.shape[1], H, len(layers), "bias_ih_l0" in raw or "bias_hh_l0" in raw
+
+
+def model_from_state_dict(state_dict, cell: str | None = None, prefix: str | None = None, dtype=None, *,
+                          source: str = "state_dict") -> RNNModel:
+    """Build a model from an in-memory ``nn.RNN/nn.LSTM/nn.GRU`` state_dict: a mapping of numpy arrays or torch
+    tensors with PyTorch's key names (``module.state_dict()`` as it is).
+
+    The cell type, sizes and layer count are inferred from the keys and shapes; ``cell`` overrides (an RNN's
+    tanh/relu cannot be inferred: default ``rnn_tanh``, pass ``cell="rnn_relu"``). The weights keep their dtype
+    (float16/bfloat16 tensors become float32) unless ``dtype`` is given. ``prefix`` picks the RNN out of a whole
+    model's state_dict (``"encoder.rnn"``). ``source`` names the mapping in error messages.
+
+    >>> from rnndiag import init_model
+    >>> model_from_state_dict(init_model("lstm", 3, 8, seed=0).state_dict()).describe()
+    'lstm (input 3, hidden 8, 1 layer, float64)'
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{source} must be a mapping of parameter names to arrays or tensors "
+                        f"(module.state_dict()); got {type(state_dict).__name__}")
+    return _build(state_dict, cell, prefix, dtype, source, "state_dict")
+
+
+def _build(state_dict: Mapping, cell, prefix, dtype, source: str, label: str) -> RNNModel:
+    raw = _strip_prefix(source, {str(k): v for k, v in state_dict.items()}, prefix)
+    stored_cell = _stored_cell(source, raw)
+    raw = {k: _as_array(source, k, v) for k, v in raw.items()}
+    _check_keys(source, raw)
+    cell, input_size, H, num_layers, has_bias = _architecture(source, raw, cell, stored_cell)
     expected = param_shapes(cell, input_size, H, num_layers, has_bias)
     missing = [k for k in expected if k not in raw]
     if missing:
-        raise _fail(path, f"is missing {', '.join(missing)} for a {num_layers}-layer {cell} "
-                          f"(hidden {H}, input {input_size})")
+        raise _fail(source, f"is missing {', '.join(missing)} for a {num_layers}-layer {cell} "
+                            f"(hidden {H}, input {input_size})")
     extra = [k for k in raw if k not in expected]
     if extra:
-        raise _fail(path, f"has {', '.join(extra)}, which a {'biased' if has_bias else 'bias-free'} "
-                          f"{num_layers}-layer {cell} does not have; biases must come in pairs per layer")
+        raise _fail(source, f"has {', '.join(extra)}, which a {'biased' if has_bias else 'bias-free'} "
+                            f"{num_layers}-layer {cell} does not have; biases must come in pairs per layer")
     for k, shape in expected.items():
         if raw[k].shape != shape:
-            raise _fail(path, f"key {k!r} has shape {raw[k].shape}; expected {shape} for a {cell} with hidden size "
-                              f"{H} and input size {input_size}")
+            raise _fail(source, f"key {k!r} has shape {raw[k].shape}; expected {shape} for a {cell} with hidden "
+                                f"size {H} and input size {input_size}")
     if dtype is not None:
         dt = check_dtype(dtype)
     else:
         kinds = {v.dtype for v in raw.values()}
         dt = np.dtype(np.float32) if kinds <= {np.dtype(np.float32)} else np.dtype(np.float64)
     params = {k: np.ascontiguousarray(raw[k], dtype=dt) for k in expected}
-    return RNNModel(cell, input_size, H, num_layers, has_bias, params, init=f"loaded from {path.name}")
+    return RNNModel(cell, input_size, H, num_layers, has_bias, params, init=label)
+
+
+def load_weights(path, cell: str | None = None, *, dtype=None, prefix: str | None = None) -> RNNModel:
+    """Load an ``nn.RNN/nn.LSTM/nn.GRU`` state_dict saved as ``.npz`` (PyTorch key names) or ``.pt``/``.pth``.
+
+    Reads the file (:func:`read_state_dict`) and builds the model with :func:`model_from_state_dict`, whose
+    ``cell``, ``dtype`` and ``prefix`` these are.
+
+    >>> import tempfile, os
+    >>> from rnndiag import init_model
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> _ = save_weights(init_model("gru", 2, 4, seed=0), p)
+    >>> load_weights(p).cell
+    'gru'
+    """
+    path = Path(path)
+    return _build(read_state_dict(path), cell, prefix, dtype, _file(path), f"loaded from {path.name}")
 
 
 def save_weights(model: RNNModel, path, *, overwrite: bool = False) -> Path:
@@ -224,22 +288,15 @@ def save_weights(model: RNNModel, path, *, overwrite: bool = False) -> Path:
         raise FileExistsError(f"weights file {str(path)!r} exists; pass overwrite=True or choose another name")
     if path.parent and not path.parent.is_dir():
         raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if suffix == ".npz":
-                np.savez(fh, **model.params, **{CELL_KEY: np.array(model.cell)})
-            else:
-                try:
-                    import torch
-                except ImportError:
-                    raise ValueError("saving .pt needs torch; pip install 'rnndiag[torch]' or save .npz") from None
-                torch.save({k: torch.from_numpy(v.copy()) for k, v in model.params.items()}, fh)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    if suffix == ".npz":
+        def write(fh):
+            np.savez(fh, **model.params, **{CELL_KEY: np.array(model.cell)})
+    else:
+        try:
+            import torch
+        except ImportError:
+            raise ValueError("saving .pt needs torch; pip install 'rnndiag[torch]' or save .npz") from None
+
+        def write(fh):
+            torch.save({k: torch.from_numpy(v.copy()) for k, v in model.params.items()}, fh)
+    return write_atomic(path, write)

@@ -74,7 +74,7 @@ def test_to_dict_contract(cell, num_layers):
         assert layer["layer"] == k
         for key in ("spectral_radius", "sigma_max"):
             assert isinstance(layer[key], float) and layer[key] > 0
-        assert len(layer["lyapunov_exponents"]) == min(S, 32) == d.settings["lyapunov_k"]
+        assert len(layer["lyapunov_exponents"]) == min(S, 32) == d.settings.lyapunov_k
         assert all(v is None or isinstance(v, float) for v in layer["lyapunov_exponents"])
         assert layer["verdict"] in ("vanishing", "exploding", "healthy")
     assert out["layers"][0]["spectral_radius"] == pytest.approx(d.layers[0].spectrum.spectral_radius)
@@ -429,7 +429,7 @@ def test_batch_sample_count_is_respected_and_recorded():
     model = rnndiag.init_model("lstm", I, H, seed=0)
     x = randn(T, B, I)
     d = analyze(model, x, batch_sample=2, keep_trace=True)
-    idx = d.settings["batch_sample"]
+    idx = list(d.settings.batch_sample)
     assert len(idx) == 2 and idx == sorted(set(idx)) and all(0 <= i < B for i in idx)
     out = d.to_dict()
     assert out["settings"]["batch_sample"] == idx
@@ -438,10 +438,10 @@ def test_batch_sample_count_is_respected_and_recorded():
     ld = d.layers[0]
     assert ld.flow.jacobian_batch == tuple(idx) and ld.lyapunov.batch == tuple(idx)
     assert ld.flow.log10_jacobian_product_norm.shape == (T, 2)
-    assert ld.lyapunov.per_sequence.shape == (2, d.settings["lyapunov_k"])
+    assert ld.lyapunov.per_sequence.shape == (2, d.settings.lyapunov_k)
     assert any("2 of 6 sequences" in n for n in d.notes)
     # the sampled rows are exactly those sequences
-    log_prod, _, _ = product_norms(d.trace.layers[0], np.array(idx))
+    log_prod, _, _, _ = product_norms(d.trace.layers[0], np.array(idx))
     np.testing.assert_allclose(ld.flow.log10_jacobian_product_norm, log_prod, rtol=1e-12)
     # the gradient norms (cheap) still cover the whole batch
     assert ld.flow.grad_norm_per_sequence.shape == (T, B)
@@ -451,10 +451,10 @@ def test_batch_sample_list_all_and_auto():
     model = rnndiag.init_model("gru", 2, 4, seed=0)
     x = randn(15, 5, 2)
     d = analyze(model, x, batch_sample=[4, 1, 4])
-    assert d.settings["batch_sample"] == [1, 4]
+    assert d.settings.batch_sample == (1, 4)
     assert d.to_dict()["settings"]["batch_sample"] == [1, 4]
-    assert analyze(model, x, batch_sample="all").settings["batch_sample"] == [0, 1, 2, 3, 4]
-    assert analyze(model, x).settings["batch_sample"] == [0, 1, 2, 3, 4]  # small: auto takes everything
+    assert analyze(model, x, batch_sample="all").settings.batch_sample == (0, 1, 2, 3, 4)
+    assert analyze(model, x).settings.batch_sample == (0, 1, 2, 3, 4)  # small: auto takes everything
     assert not analyze(model, x).notes
 
 
@@ -488,7 +488,7 @@ def test_two_layer_lstm_matches_direct_per_layer_analysis():
     for k in range(2):
         ly = lyapunov_spectrum(tr.layers[k], np.arange(3), k=8, warmup=5, seed=0)
         np.testing.assert_allclose(d.layers[k].lyapunov.exponents, ly.exponents, rtol=1e-12)
-        log_prod, _, _ = product_norms(tr.layers[k], np.arange(3))
+        log_prod, _, _, _ = product_norms(tr.layers[k], np.arange(3))
         np.testing.assert_allclose(d.layers[k].flow.log10_jacobian_product_norm, log_prod, rtol=1e-12)
     assert d.layers[0].lyapunov.exponents[0] != d.layers[1].lyapunov.exponents[0]
 

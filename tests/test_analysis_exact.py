@@ -136,7 +136,7 @@ def test_scaled_orthogonal_exact_direct(a, exact):
     tr = rnndiag.forward(tanh_rnn(a * haar(H, seed=2)), np.zeros((T, B, 1)))
     lt = tr.layers[0]
     assert not lt.h.any()
-    log_prod, log_step, converged = product_norms(lt, np.arange(B), exact=exact)
+    log_prod, log_step, converged, _ = product_norms(lt, np.arange(B), exact=exact)
     assert converged
     expected = (T - 1 - np.arange(T)) * math.log10(a)
     np.testing.assert_allclose(log_prod, np.repeat(expected[:, None], B, axis=1), rtol=0, atol=1e-10)
@@ -204,7 +204,7 @@ def test_lstm_forget_gate_carries_the_cell_gradient(b_f):
     np.testing.assert_allclose(prod[:, H:, H:].diagonal(axis1=1, axis2=2), f**T, rtol=1e-12)
     assert not prod[:, :, :H].any()  # nothing flows from h_{-1}
     # ||J^n||_2 = f^n ||[1/2; 1]|| for n >= 1
-    log_prod, _, _ = product_norms(lt, np.arange(B))
+    log_prod, _, _, _ = product_norms(lt, np.arange(B))
     n = T - 1 - np.arange(T - 1)
     np.testing.assert_allclose(log_prod[: T - 1, 0], n * math.log10(f) + 0.5 * math.log10(1.25), atol=1e-10)
     assert np.all(log_prod[T - 1] == 0)
@@ -260,7 +260,7 @@ def test_gru_step_jacobian_is_update_gate_zero_input():
     # constant diagonal Jacobian: exponents are ln z sorted, products max(z)^(T-1-t)
     ly = lyapunov_spectrum(lt, np.arange(B), warmup=0)
     np.testing.assert_allclose(ly.exponents, np.sort(np.log(z))[::-1], atol=1e-12)
-    log_prod, _, _ = product_norms(lt, np.arange(B))
+    log_prod, _, _, _ = product_norms(lt, np.arange(B))
     np.testing.assert_allclose(log_prod[:, 1], (T - 1 - np.arange(T)) * np.log10(z.max()), atol=1e-12)
     gs = gate_stats(lt)
     assert gs.memory_gate == "z"
@@ -339,7 +339,7 @@ def test_products_over_100k_steps_stay_finite(a):
     assert not lt.h.any()  # h stays at 0 even for a = 10
     expected = (T - 1 - np.arange(T)) * math.log10(a)
     with np.errstate(all="raise"):  # no overflow, no underflow, no log(0)
-        log_prod, log_step, converged = product_norms(lt, np.arange(1))
+        log_prod, log_step, converged, _ = product_norms(lt, np.arange(1))
         chain = last_step_chain(lt, np.array([[0.6, 0.8]]))
     assert converged
     for got in (log_prod[:, 0], chain[:, 0]):
@@ -389,8 +389,8 @@ def test_iterative_norms_match_svd_on_random_driven_networks(cell):
     tr = rnndiag.forward(model, np.random.default_rng(2).standard_normal((30, 3, 3)))
     lt = tr.layers[0]
     batch = np.array([0, 2])
-    log_prod, log_step, converged = product_norms(lt, batch, exact=False)
-    ref_prod, ref_step, _ = product_norms(lt, batch, exact=True)
+    log_prod, log_step, converged, _ = product_norms(lt, batch, exact=False)
+    ref_prod, ref_step, _, _ = product_norms(lt, batch, exact=True)
     assert converged
     np.testing.assert_allclose(log_step, ref_step, rtol=0, atol=1e-6)
     np.testing.assert_allclose(log_prod, ref_prod, rtol=0, atol=1e-6)
@@ -429,7 +429,7 @@ def test_step_norms_of_extreme_scales_stay_in_double_precision(a):
     keeps float64 and the exact answer, ||J_t|| = a."""
     H, T = 100, 5  # S > 96: the iterative route
     lt = rnndiag.forward(tanh_rnn(a * haar(H, seed=6)), np.zeros((T, 1, 1))).layers[0]
-    log_prod, log_step, converged = product_norms(lt, np.arange(1), exact=False)
+    log_prod, log_step, converged, _ = product_norms(lt, np.arange(1), exact=False)
     assert converged
     np.testing.assert_allclose(log_step, math.log10(a), rtol=0, atol=1e-10)
     np.testing.assert_allclose(log_prod[:, 0], (T - 1 - np.arange(T)) * math.log10(a), rtol=0, atol=1e-8)
@@ -444,8 +444,8 @@ def test_product_norms_of_clustered_spectra_match_svd(cell, init):
     H = 50 if cell == "lstm" else 100  # S = 100 > 96: the iterative route
     model = rnndiag.init_model(cell, 4, H, seed=1, init=init)
     lt = rnndiag.forward(model, np.random.default_rng(1).standard_normal((60, 3, 4))).layers[0]
-    got, _, _ = product_norms(lt, np.arange(3), exact=False)
-    ref, _, _ = product_norms(lt, np.arange(3), exact=True)
+    got, _, _, _ = product_norms(lt, np.arange(3), exact=False)
+    ref, _, _, _ = product_norms(lt, np.arange(3), exact=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
     assert np.all(got <= ref + 1e-9)  # Lanczos values are lower bounds
 
@@ -454,8 +454,8 @@ def test_product_norms_survive_a_1e40_gain_per_step():
     model = rnndiag.init_model("rnn_relu", 2, 100, seed=0, init="xavier_normal", gain=1e40)
     lt = rnndiag.forward(model, np.random.default_rng(0).standard_normal((3, 2, 2))).layers[0]
     assert np.isfinite(lt.h).all()
-    got, _, converged = product_norms(lt, np.arange(2), exact=False)
-    ref, _, _ = product_norms(lt, np.arange(2), exact=True)
+    got, _, converged, _ = product_norms(lt, np.arange(2), exact=False)
+    ref, _, _, _ = product_norms(lt, np.arange(2), exact=True)
     assert converged and np.all(np.isfinite(got))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
 
@@ -471,8 +471,8 @@ def test_tiny_step_norms_fall_back_to_double_precision():
     p["weight_ih_l0"] = np.zeros_like(p["weight_ih_l0"])
     model = with_params(model, **{k: v for k, v in p.items() if k != "weight_ih_l0"}, weight_ih_l0=p["weight_ih_l0"])
     lt = rnndiag.forward(model, rng.standard_normal((6, 2, 2))).layers[0]
-    _, got, _ = product_norms(lt, np.arange(2), exact=False)
-    _, ref, _ = product_norms(lt, np.arange(2), exact=True)
+    _, got, _, _ = product_norms(lt, np.arange(2), exact=False)
+    _, ref, _, _ = product_norms(lt, np.arange(2), exact=True)
     assert np.all(ref < -20)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
 
@@ -495,8 +495,8 @@ def test_product_norms_follow_a_crossing_of_the_top_singular_values():
     bias[:10] = 0.0
     model = with_params(model, bias_ih_l0=bias, weight_ih_l0=rng.normal(0, 0.4, (H, 8)))
     lt = rnndiag.forward(model, rng.standard_normal((100, 4, 8))).layers[0]
-    got, _, _ = product_norms(lt, np.arange(4), exact=False)
-    ref, _, _ = product_norms(lt, np.arange(4), exact=True)
+    got, _, _, _ = product_norms(lt, np.arange(4), exact=False)
+    ref, _, _, _ = product_norms(lt, np.arange(4), exact=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
 
 
@@ -509,8 +509,8 @@ def test_product_norms_find_a_unit_that_climbs_from_far_below_the_tracked_subspa
     model = rnndiag.init_model(cell, 6, 128, seed=0, init=init, gain=gain)
     model = with_params(model, weight_hh_l0=3.0 * model.params["weight_hh_l0"])
     lt = rnndiag.forward(model, 3.0 * np.random.default_rng(0).standard_normal((150, 5, 6))).layers[0]
-    got, _, _ = product_norms(lt, np.array([0, 3, 4]), exact=False)
-    ref, _, _ = product_norms(lt, np.array([0, 3, 4]), exact=True)
+    got, _, _, _ = product_norms(lt, np.array([0, 3, 4]), exact=False)
+    ref, _, _, _ = product_norms(lt, np.array([0, 3, 4]), exact=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
     assert np.all(got <= ref + 1e-9)
 
@@ -525,8 +525,8 @@ def test_product_norms_when_the_first_product_has_an_isolated_top_direction():
     biases = {k: v + rng.normal(0, 3, v.shape) for k, v in model.params.items() if k.startswith("bias")}
     model = with_params(model, **biases)
     lt = rnndiag.forward(model, rng.standard_normal((40, 5, 6))).layers[0]
-    got, _, _ = product_norms(lt, np.array([0, 3, 4]), exact=False)
-    ref, _, _ = product_norms(lt, np.array([0, 3, 4]), exact=True)
+    got, _, _, _ = product_norms(lt, np.array([0, 3, 4]), exact=False)
+    ref, _, _, _ = product_norms(lt, np.array([0, 3, 4]), exact=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
     assert np.all(got <= ref + 1e-9)
 
@@ -553,8 +553,8 @@ def test_product_norms_of_reducible_weights_do_not_stop_lanczos_early(cell, H, k
         params["bias_ih_l0"] = b
     model = with_params(model, **params)
     lt = rnndiag.forward(model, 0.3 * rng.standard_normal((80, 3, 5))).layers[0]
-    got, _, _ = product_norms(lt, np.arange(3), exact=False)
-    ref, _, _ = product_norms(lt, np.arange(3), exact=True)
+    got, _, _, _ = product_norms(lt, np.arange(3), exact=False)
+    ref, _, _, _ = product_norms(lt, np.arange(3), exact=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
 
 

@@ -34,7 +34,7 @@ from _cli_helpers import (
 )
 
 import rnndiag.render.figures as figures_mod
-import rnndiag.render.output as output_mod
+import rnndiag.files as output_mod
 from rnndiag import init_model, save_weights
 
 SCRIPT = "<script>alert(1)</script>"

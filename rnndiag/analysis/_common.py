@@ -1,44 +1,12 @@
-"""Small helpers shared by the analysis modules."""
+"""Small linear-algebra helpers shared by the analysis modules (LAPACK called directly where its wrappers cost
+more than the work)."""
 
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import scipy.linalg.lapack
-
-
-def finite_or_none(value) -> float | None:
-    """A plain float, or None for NaN/Inf (JSON has neither)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def list_or_none(values) -> list:
-    """A list of plain floats with NaN/Inf written as None."""
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    return [float(v) if math.isfinite(v) else None for v in arr]
-
-
-def jsonable(obj):
-    """Recursively turn numpy scalars/arrays into plain Python, NaN/Inf into None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return finite_or_none(obj)
-    return obj
-
 
 # SciPy's LAPACK runs on SciPy's own OpenBLAS, with its own thread pool: a call big enough to be threaded there,
 # interleaved with numpy's BLAS, leaves the two pools spinning against each other on the same cores (a 512 x 32

@@ -7,25 +7,26 @@ exponents, gate statistics (per layer) -> the rule table in :mod:`.verdict` -> a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import check_array, make_rng
+from .._validation import check_array
 from .._version import __version__
-from ..clip import global_norm
+from ..cells import is_gated
 from ..engine import Trace, bptt
+from ..jsonsafe import finite_or_none, jsonable, list_or_none
 from ..model import RNNModel
-from ._common import finite_or_none, jsonable, list_or_none
-from .flow import GradientFlow, fit_decay, horizon, last_step_chain, per_sequence_horizon
-from .gates import GateStats, gate_stats
-from .jacobians import PRODUCT_TOL, product_norms
-from .lyapunov import LyapunovSpectrum, lyapunov_spectrum
+from ..norms import global_norm
+from .flow import GradientFlow
+from .gates import GateStats
+from .lyapunov import LyapunovSpectrum
+from .measure import first_nonfinite, measure_layer, start_vectors
+from .settings import AnalysisSettings, analysis_settings, probe_grad_h, probe_vectors
 from .spectral import WeightSpectrum, weight_spectra
 from .verdict import SEVERITY, THRESHOLDS, RuleHit, advice, layer_verdict
-
-LOSSES = ("last", "all")
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Diagnosis:
     nonfinite: NonFinite | None
     global_grad_norm: float | None
     suggested_clip_norm: float | None
-    settings: dict = field(default_factory=dict)
+    settings: AnalysisSettings
     trace: Trace | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -137,7 +138,7 @@ class Diagnosis:
             "nonfinite": self.nonfinite.to_dict() if self.nonfinite else None,
             "global_grad_norm": finite_or_none(self.global_grad_norm),
             "suggested_clip_norm": finite_or_none(self.suggested_clip_norm),
-            "settings": self.settings,
+            "settings": self.settings.to_dict(),
             "layers": [ld.to_dict() for ld in self.layers],
             "gradient_flow": {k: flow[k] for k in (
                 "grad_norm", "grad_norm_mean", "grad_norm_min", "grad_norm_max", "log10_last_step_grad_norm",
@@ -150,61 +151,8 @@ class Diagnosis:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def probe_vectors(B: int, H: int, seed: int | None) -> np.ndarray:
-    """The probe's seeded random unit vectors u (B, H) at the last step."""
-    u = make_rng(seed).standard_normal((B, H))
-    return u / np.linalg.norm(u, axis=1, keepdims=True)
-
-
-def probe_grad_h(loss: str, T: int, B: int, H: int, seed: int | None, dtype) -> np.ndarray:
-    """The probe loss's gradient: seeded random unit vectors u at the last step (or u_t at every step)."""
-    g = np.zeros((T, B, H), dtype)
-    if loss == "last":
-        g[-1] = probe_vectors(B, H, seed)
-    else:
-        rng = make_rng(seed)
-        for t in range(T):  # drawn step by step: the same u_t for any T' >= t
-            u = rng.standard_normal((B, H))
-            g[t] = u / np.linalg.norm(u, axis=1, keepdims=True)
-    return g
-
-
-def _auto_sample(model: RNNModel, T: int, B: int, k: int) -> int:
-    """How many sequences the Jacobian products and Lyapunov exponents can afford: about 2x the BPTT's flops,
-    and never less than what ~0.1 s of work buys (so small problems use the whole batch).
-
-    Per sequence and step: the product ``P_t J_t`` (LSTM: ``4 S H^2`` through J's left block column; GRU/RNN:
-    ``2 H^3`` on the formed J), its norm (``16 S^2`` per thin product with the 8-dimensional tracked subspace, a
-    few such a step), ~40 Lanczos steps of one ``J v`` and one ``u^T J`` (``2 G H^2`` each) for ``||J_t||``, and
-    the Lyapunov frame (k Jacobian-vector products and a QR).
-    """
-    G, H, I, L, S = model.gate_count, model.hidden_size, model.input_size, model.num_layers, model.state_size
-    bptt_flops = 6.0 * T * B * G * H * (H + I) * L
-    product = 4.0 * S * H * H if model.cell == "lstm" else 2.0 * H**3
-    per_seq = T * L * (product + 16.0 * S * S + 160.0 * G * H * H + 2.0 * k * G * H * H + 4.0 * S * k * k)
-    return int(max(1, min(B, max(2.0 * bptt_flops, 1e9) // per_seq)))
-
-
-def _step_norms(a: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """``||a[t, b]||`` (T, B) in float64, a few steps at a time (no full-size temporary)."""
-    out = np.empty(a.shape[:2])
-    for s in range(0, a.shape[0], chunk):
-        out[s : s + chunk] = np.linalg.norm(a[s : s + chunk].astype(np.float64, copy=False), axis=2)
-    return out
-
-
-def _first_nonfinite(arr: np.ndarray, reverse: bool = False) -> int | None:
-    ok = np.concatenate([np.isfinite(arr[s : s + 256]).reshape(min(256, arr.shape[0] - s), -1).all(axis=1)
-                         for s in range(0, arr.shape[0], 256)])
-    if ok.all():
-        return None
-    bad = np.nonzero(~ok)[0]
-    return int(bad[-1] if reverse else bad[0])
-
-
 def _quiet_overflow(fn):
     """Overflow in an exploding network is a measurement, not a warning: it is recorded in ``nonfinite``."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -242,6 +190,7 @@ def analyze(
     ``reortho_every``: steps between the Lyapunov frame's QR factorisations. The exponents do not depend on it in
     exact arithmetic, but with more than one step the frame's columns can collapse before the QR (singular or
     strongly contracting Jacobians: a dead ReLU unit's -inf exponent comes out finite), so the default is 1.
+    ``loss_label`` names the loss in the results (default: ``probe (last)``, ``probe (all)`` or ``given grad_h``).
 
     >>> from rnndiag import init_model
     >>> m = init_model("rnn_tanh", 2, 16, init="tutorial", seed=0)
@@ -251,162 +200,96 @@ def analyze(
     """
     if not isinstance(model, RNNModel):
         raise TypeError(f"model must be an RNNModel (from init_model or load_weights); got {type(model).__name__}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
-    if isinstance(horizon_factor, bool) or not isinstance(horizon_factor, (int, float)) or \
-            not 0 < horizon_factor < 1:
-        raise ValueError(f"horizon_factor must be in (0, 1), e.g. 1e-3; got {horizon_factor!r}")
     x = check_array(x, "x", ("T", "B", model.input_size), model.dtype)
     T, B, _ = x.shape
-    H, S = model.hidden_size, model.state_size
-    if lyapunov_k is not None and (isinstance(lyapunov_k, bool) or not isinstance(lyapunov_k, (int, np.integer))
-                                   or not 1 <= lyapunov_k <= S):
-        raise ValueError(f"lyapunov_k must be an integer from 1 to the state size {S}; got {lyapunov_k!r}")
-    k = int(lyapunov_k) if lyapunov_k is not None else min(S, 32)
-    warmup = min(T // 10, 100) if lyapunov_warmup is None else lyapunov_warmup
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or not 0 <= warmup < T:
-        raise ValueError(f"lyapunov_warmup must be an integer in 0..{T - 1}; got {warmup!r}")
-    if isinstance(reortho_every, bool) or not isinstance(reortho_every, (int, np.integer)) or reortho_every < 1:
-        raise ValueError(f"reortho_every must be a positive integer; got {reortho_every!r}")
+    settings = analysis_settings(model, T, B, loss=loss, horizon_factor=horizon_factor, batch_sample=batch_sample,
+                                 lyapunov_k=lyapunov_k, lyapunov_warmup=lyapunov_warmup,
+                                 reortho_every=reortho_every, q0=q0, seed=seed)
     probe_used = grad_h is None
     if probe_used:
-        grad_h = probe_grad_h(loss, T, B, H, seed, model.dtype)
-        loss_name = f"probe ({loss})"
+        grad_h = probe_grad_h(loss, T, B, model.hidden_size, seed, model.dtype)
     else:
-        grad_h = check_array(grad_h, "grad_h", (T, B, H), model.dtype)
-        loss_name = "given grad_h"
-    if loss_label is not None:
-        loss_name = str(loss_label)
-    batch = _batch_indices(batch_sample, model, T, B, k, seed)
-    settings = {"horizon_factor": horizon_factor, "lyapunov_k": k, "lyapunov_warmup": int(warmup),
-                "reortho_every": int(reortho_every), "batch_sample": [int(b) for b in batch], "loss": loss}
-
+        grad_h = check_array(grad_h, "grad_h", (T, B, model.hidden_size), model.dtype)
+    if loss_label is None:
+        loss_label = f"probe ({loss})" if probe_used else "given grad_h"
+    loss_label = str(loss_label)
     with np.errstate(all="ignore"):
         trace = bptt(model, x, grad_h, state0, param_grads=True)
-
-    # where did it stop being finite?
-    nonfinite = None
-    for lt in trace.layers:
-        step = _first_nonfinite(lt.h)
-        if step is None and lt.c is not None:
-            step = _first_nonfinite(lt.c)
-        if step is not None:
-            nonfinite = NonFinite("state", lt.layer, step)
-            break
-    if nonfinite is not None:
-        if nonfinite.step < 2:
-            raise ValueError(f"the state overflowed at step {nonfinite.step} already: nothing can be measured; "
+    overflow = _state_overflow(trace)
+    if overflow is not None:  # analyse the finite part, then say where it exploded
+        if overflow.step < 2:
+            raise ValueError(f"the state overflowed at step {overflow.step} already: nothing can be measured; "
                              "the weights or inputs are far too large")
-        # analyse the finite part, then say where it exploded
-        sub = analyze(model, x[: nonfinite.step], loss=loss,
-                      grad_h=None if probe_used else grad_h[: nonfinite.step],
-                      state0=state0, seed=seed, horizon_factor=horizon_factor, batch_sample=list(batch),
-                      lyapunov_k=lyapunov_k, lyapunov_warmup=min(warmup, nonfinite.step - 1),
-                      reortho_every=reortho_every, q0=q0, keep_trace=keep_trace, loss_label=loss_label)
-        return _exploded(sub, nonfinite, T)
-    for lt in reversed(trace.layers):
-        step = _first_nonfinite(lt.grad_h, reverse=True)
+        finite = analyze(model, x[: overflow.step], loss=loss, grad_h=None if probe_used else grad_h[: overflow.step],
+                         state0=state0, seed=seed, horizon_factor=horizon_factor,
+                         batch_sample=list(settings.batch_sample), lyapunov_k=lyapunov_k,
+                         lyapunov_warmup=min(settings.lyapunov_warmup, overflow.step - 1),
+                         reortho_every=reortho_every, q0=q0, keep_trace=keep_trace, loss_label=loss_label)
+        return _exploded(finite, overflow, T)
+    probe_start = probe_vectors(B, model.hidden_size, seed)
+    measured = [measure_layer(model, lt, settings, grad_h, start_vectors(model, lt, settings, grad_h, probe_start),
+                              seed) for lt in trace.layers]
+    return _assemble(model, x, grad_h, state0, trace, settings, measured, _gradient_overflow(trace), loss_label,
+                     seed, keep_trace)
+
+
+def _state_overflow(trace: Trace) -> NonFinite | None:
+    """The first layer and step where the state became non-finite, or None."""
+    for lt in trace.layers:
+        step = first_nonfinite(lt.h)
+        if step is None and lt.c is not None:
+            step = first_nonfinite(lt.c)
         if step is not None:
-            nonfinite = NonFinite("gradient", lt.layer, step)
-            break
+            return NonFinite("state", lt.layer, step)
+    return None
 
-    spectra = weight_spectra(model)
-    layers: list[LayerDiagnosis] = []
-    probe_start = probe_vectors(B, H, seed)
-    for lt, spectrum in zip(trace.layers, spectra):
-        start_h = probe_start
-        if lt.layer == model.num_layers - 1 and loss == "last":
-            given = np.asarray(grad_h[-1], dtype=np.float64)
-            use = np.linalg.norm(given, axis=1) > 0
-            start_h = np.where(use[:, None], given, probe_start)
-        start = np.concatenate([start_h, np.zeros_like(start_h)], axis=1) if model.cell == "lstm" else start_h
-        grad_norm = _step_norms(lt.grad_h)  # (T, B)
-        with np.errstate(all="ignore"):
-            if _bptt_is_the_last_step_chain(lt, model, loss, grad_h, grad_norm):
-                log_last = np.log10(grad_norm)
-            else:
-                log_last = last_step_chain(lt, start)
-            log_prod, log_step, converged = product_norms(lt, batch)
-            lyap = lyapunov_spectrum(lt, batch, k=k, warmup=warmup, reortho_every=reortho_every, q0=q0, seed=seed or 0)
-        med = np.median(log_last, axis=1)
-        fit = fit_decay(med)
-        jfit = fit_decay(np.median(log_prod, axis=1))
-        flow = GradientFlow(lt.layer, grad_norm, log_last, log_prod, log_step, tuple(int(b) for b in batch), fit,
-                            jfit, horizon(med, horizon_factor, fit.rate),
-                            per_sequence_horizon(log_last, horizon_factor),
-                            ("SVD" if S <= 96 else "Lanczos "
-                             f"(relative tolerance {PRODUCT_TOL:g})") + ("" if converged else " (not fully converged)"))
-        gs = gate_stats(lt)
-        fb = None
-        if model.cell == "lstm" and model.bias:
-            p = model.params
-            fb = float((p[f"bias_ih_l{lt.layer}"][H : 2 * H] + p[f"bias_hh_l{lt.layer}"][H : 2 * H]).mean())
-        nf_step = nonfinite.step if nonfinite is not None and nonfinite.layer == lt.layer else None
-        v, detail, rule = layer_verdict(lt.layer, T, flow, lyap.top, nf_step,
+
+def _gradient_overflow(trace: Trace) -> NonFinite | None:
+    """Where the gradient became non-finite going back: the last layer first, the latest step of that layer."""
+    for lt in reversed(trace.layers):
+        step = first_nonfinite(lt.grad_h, reverse=True)
+        if step is not None:
+            return NonFinite("gradient", lt.layer, step)
+    return None
+
+
+def _assemble(model, x, grad_h, state0, trace, settings, measured, nonfinite, loss_label, seed,
+              keep_trace) -> Diagnosis:
+    """The verdict of every layer by the rule table, the model's (its worst layer's), caveats and advice."""
+    T, B, _ = x.shape
+    layers = []
+    for lt, spectrum, m in zip(trace.layers, weight_spectra(model), measured):
+        nf = nonfinite if nonfinite is not None and nonfinite.layer == lt.layer else None
+        v, detail, rule = layer_verdict(lt.layer, T, m.flow, m.lyapunov.top, nf.step if nf else None,
                                         nonfinite.kind if nonfinite else None)
-        layers.append(LayerDiagnosis(lt.layer, spectrum, flow, lyap, gs, v, detail, rule, fb))
-
+        layers.append(LayerDiagnosis(lt.layer, spectrum, m.flow, m.lyapunov, m.gates, v, detail, rule,
+                                     m.forget_bias))
     worst = max(layers, key=lambda ld: SEVERITY[ld.verdict])
-    verdict = worst.verdict
-    detail = worst.detail if len(layers) == 1 else f"layer {worst.layer}: {worst.detail}"
     grad_norm_total = global_norm(trace.param_grads)
-    clip = _suggested_clip(model, x, grad_h, trace, state0) if verdict == "exploding" else None
-    caveats = _caveats(model, layers, verdict, T)
+    grad_norm_total = grad_norm_total if math.isfinite(grad_norm_total) else None
+    clip = _suggested_clip(model, x, grad_h, trace, state0) if worst.verdict == "exploding" else None
+    caveats = _caveats(model, layers, worst.verdict, T)
     notes = []
-    if len(batch) < B:
-        notes.append(f"Jacobian products and Lyapunov exponents were computed on {len(batch)} of {B} sequences "
-                     f"(batch_sample) to bound the cost")
-    confidence = "low" if caveats else "high"
-    adv = advice(layers, model.cell, T, verdict, clip,
-                 grad_norm_total if math.isfinite(grad_norm_total) else None)
-    return Diagnosis(model.cell, model.input_size, H, model.num_layers, T, B, seed if isinstance(seed, int) else None,
-                     model.init, str(model.dtype), loss_name, verdict, detail, confidence, tuple(caveats), tuple(notes),
-                     tuple(adv),
-                     tuple(ld.rule for ld in layers), tuple(layers), nonfinite,
-                     grad_norm_total if math.isfinite(grad_norm_total) else None, clip, settings,
-                     trace if keep_trace else None)
-
-
-def _bptt_is_the_last_step_chain(lt, model, loss, grad_h, grad_norm) -> bool:
-    """Whether BPTT already gave ``||dl/dh_t||`` of the last-step loss for every sequence: the last layer, a loss
-    on the last step only and non-zero there, and no norm below the normal range (no precision lost to
-    underflow) or non-finite. Then the separate VJP chain would only repeat it."""
-    if lt.layer != model.num_layers - 1 or loss != "last" or grad_h[:-1].any():
-        return False
-    tiny = np.finfo(lt.h.dtype).tiny / np.finfo(lt.h.dtype).eps
-    return bool(np.all(np.isfinite(grad_norm)) and grad_norm.min() > tiny)
-
-
-def _batch_indices(batch_sample, model, T, B, k, seed) -> np.ndarray:
-    if isinstance(batch_sample, str):
-        if batch_sample == "all":
-            return np.arange(B)
-        if batch_sample != "auto":
-            raise ValueError(f"batch_sample must be 'auto', 'all', a count or a list of indices; got {batch_sample!r}")
-        n = _auto_sample(model, T, B, k)
-    elif isinstance(batch_sample, (int, np.integer)) and not isinstance(batch_sample, bool):
-        if not 1 <= batch_sample <= B:
-            raise ValueError(f"batch_sample must be between 1 and the batch size {B}; got {batch_sample}")
-        n = int(batch_sample)
-    else:
-        idx = np.asarray(batch_sample)
-        if idx.ndim != 1 or idx.size == 0 or idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= B:
-            raise ValueError(f"batch_sample indices must be a non-empty list of integers in 0..{B - 1}")
-        return np.unique(idx)
-    if n >= B:
-        return np.arange(B)
-    return np.sort(np.random.default_rng(seed).choice(B, n, replace=False))
+    if len(settings.batch_sample) < B:
+        notes.append(f"Jacobian products and Lyapunov exponents were computed on {len(settings.batch_sample)} of "
+                     f"{B} sequences (batch_sample) to bound the cost")
+    return Diagnosis(
+        cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,
+        seq_len=T, batch_size=B, seed=seed if isinstance(seed, int) else None, init=model.init,
+        dtype=str(model.dtype), loss=loss_label, verdict=worst.verdict,
+        verdict_detail=worst.detail if len(layers) == 1 else f"layer {worst.layer}: {worst.detail}",
+        confidence="low" if caveats else "high", caveats=tuple(caveats), notes=tuple(notes),
+        advice=tuple(advice(layers, model.cell, T, worst.verdict, clip, grad_norm_total)),
+        rules=tuple(ld.rule for ld in layers), layers=tuple(layers), nonfinite=nonfinite,
+        global_grad_norm=grad_norm_total, suggested_clip_norm=clip, settings=settings,
+        trace=trace if keep_trace else None)
 
 
 def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
     """Global gradient norm of the same loss over only its last few steps (no long-range explosion in it)."""
     T = x.shape[0]
     w = min(T, THRESHOLDS["clip_window"])
-    if w == T:
-        s0 = state0
-    else:
-        h0 = np.stack([lt.h[T - w - 1] for lt in trace.layers])
-        s0 = (h0, np.stack([lt.c[T - w - 1] for lt in trace.layers])) if model.cell == "lstm" else h0
+    s0 = state0 if w == T else trace.state0_after(T - w - 1)
     with np.errstate(all="ignore"):
         tr = bptt(model, x[T - w :], grad_h[T - w :], s0)
     norm = global_norm(tr.param_grads)
@@ -415,8 +298,7 @@ def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
 
 def _caveats(model, layers, verdict, T) -> list[str]:
     out = []
-    gated = model.cell in ("lstm", "gru")
-    if gated and verdict == "vanishing":
+    if is_gated(model.cell) and verdict == "vanishing":
         out.append("gated cell: at these weights the gradient vanishes, but the gates can learn to hold memory "
                    "(forget/update gate towards 1); whether they will is not decidable from one snapshot -- "
                    "compare with a diagnosis after a short training run")

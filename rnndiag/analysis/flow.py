@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..engine import LayerTrace
-from ._common import finite_or_none, list_or_none
+from ..jsonsafe import finite_or_none, list_or_none
 from .jacobians import jacobian_blocks
 
 MIN_FIT_STEPS = 10  # fewer steps than this: no decay rate is fitted

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..cells import cell_module, is_gated, nonlinearity
 from ..engine import LayerTrace
-from ._common import finite_or_none, list_or_none
+from ..jsonsafe import finite_or_none, list_or_none
 
 LEFT, RIGHT, TANH_SAT = 0.1, 0.9, 0.9
 BINS = 20
@@ -97,15 +98,16 @@ def gate_stats(lt: LayerTrace, t_range: slice = slice(None)) -> GateStats:
     """Gate activation statistics of one layer (over the steps ``t_range``)."""
     H = lt.hidden_size
     h = lt.h[t_range]
-    hidden_sat = float((np.abs(h) > TANH_SAT).mean()) if lt.cell != "rnn_relu" else None
-    if lt.cell.startswith("rnn"):
+    # |h| near 1 saturates a bounded (tanh) output; a relu output has no such bound
+    hidden_sat = float((np.abs(h) > TANH_SAT).mean()) if nonlinearity(lt.cell) == "tanh" else None
+    if not is_gated(lt.cell):
         return GateStats(lt.layer, {}, None, None, None, None, hidden_sat)
     gates = lt.arrays["gates"][t_range]
-    names = ("i", "f", "g", "o") if lt.cell == "lstm" else ("r", "z", "n")
-    tanh_gate = "g" if lt.cell == "lstm" else "n"
-    stats = {name: _stat(name, gates[:, :, k * H : (k + 1) * H], "tanh" if name == tanh_gate else "sigmoid")
+    mod = cell_module(lt.cell)
+    names = mod.GATE_NAMES
+    stats = {name: _stat(name, gates[:, :, k * H : (k + 1) * H], "tanh" if name == mod.CANDIDATE_GATE else "sigmoid")
              for k, name in enumerate(names)}
-    mem = "f" if lt.cell == "lstm" else "z"
+    mem = mod.MEMORY_GATE
     k = names.index(mem)
     unit_mean = gates[:, :, k * H : (k + 1) * H].mean(axis=(0, 1))
     mean = float(unit_mean.mean())

@@ -10,6 +10,7 @@ overflow nor underflow.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,7 @@ MIN_LANCZOS = 5  # Lanczos steps before its stopping test may stop it (see _lanc
 CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is proved or exact
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 FORMED_ELEMENTS = 2**19  # steps x sequences x S x S per batch of formed Jacobian parts (4 MB)
+EXACT_MAX_STATE = 96  # state sizes up to this: norms by SVDs of formed matrices (cheap there, and exact)
 
 
 def jacobian_blocks(lt: LayerTrace, batch, *, reverse: bool = False):
@@ -276,13 +278,22 @@ def _proven_or_exact(m: np.ndarray, theta: float, tol: float) -> float:
     return math.sqrt(max(float(np.linalg.eigvalsh(a)[-1]), 0.0))
 
 
-def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = None):
+class ProductNorms(NamedTuple):
+    """What :func:`product_norms` measured, and how."""
+
+    log10_product: np.ndarray  # (T, n) log10 ||d s_{T-1} / d s_t||_2
+    log10_step: np.ndarray  # (T, n) log10 ||J_t||_2
+    converged: bool  # every step norm met its tolerance
+    method: str  # how the norms were computed, as the report names it
+
+
+def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = None) -> ProductNorms:
     """``log10 ||d s_{T-1} / d s_t||_2`` for t = 0..T-1 and ``log10 ||J_t||_2``, for the rows ``batch``.
 
-    Returns ``(log10_product (T, n), log10_step (T, n), converged: bool)``, ``converged`` saying whether every
-    step norm met its tolerance (product norms that neither a bound nor Lanczos can vouch for are proved by a
-    Cholesky factorisation or computed exactly). The product at t = T-1 is the identity (0). ``exact`` uses SVDs
-    of formed matrices (default: when S <= 96); otherwise the step norms come from Lanczos bidiagonalisation and
+    Returns :class:`ProductNorms`: both arrays (T, n), whether every step norm met its tolerance (product norms
+    that neither a bound nor Lanczos can vouch for are proved by a Cholesky factorisation or computed exactly),
+    and the method used. The product at t = T-1 is the identity (0). ``exact`` uses SVDs of formed matrices
+    (default: when S <= ``EXACT_MAX_STATE``); otherwise the step norms come from Lanczos bidiagonalisation and
     the product norms from a tracked subspace (:func:`top_left_singular_value`), both to the relative tolerances
     ``STEP_TOL`` and ``PRODUCT_TOL``. The dense part of the Jacobians is formed a few steps at a time, and the products
     alternate between two buffers.
@@ -292,7 +303,7 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
     batch = np.asarray(batch, dtype=int)
     n = batch.size
     if exact is None:
-        exact = S <= 96
+        exact = S <= EXACT_MAX_STATE
     log_prod = np.zeros((T, n))
     log_step = np.empty((T, n))
     # P_{t+1} = J_{T-1} ... J_{t+1}, over exp(log_scale), in two buffers the products alternate between; each
@@ -326,7 +337,10 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
                 m *= np.where(far, 1.0 / np.where(far, sig, 1.0), 1.0)[:, None, None]
     with np.errstate(divide="ignore"):
         log_prod[:-1] = (scale_at[:-1] + np.log(sig_at[:-1])) * LOG10_E
-    return log_prod, log_step, all_converged
+    method = "SVD" if exact else f"Lanczos (relative tolerance {PRODUCT_TOL:g})"
+    if not all_converged:
+        method += " (not fully converged)"
+    return ProductNorms(log_prod, log_step, all_converged, method)
 
 
 def _single_precision_if_safe(jac: StepJacobians) -> StepJacobians:

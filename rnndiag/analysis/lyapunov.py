@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..engine import LayerTrace
-from ._common import list_or_none, qr_reduced
+from ..jsonsafe import list_or_none
+from ._common import qr_reduced
 from .jacobians import formed_steps, jacobian_blocks
 
 

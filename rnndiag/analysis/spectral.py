@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..cells import cell_module, is_gated
+from ..jsonsafe import finite_or_none
 from ..model import RNNModel
-from ._common import finite_or_none
-
-# gamma = max |phi'| of the nonlinearity that multiplies W_hh in the step Jacobian
-GAMMA = {"rnn_tanh": 1.0, "rnn_relu": 1.0}
 
 
 @dataclass(frozen=True)
@@ -115,17 +113,18 @@ def weight_spectra(model: RNNModel) -> list[WeightSpectrum]:
     """
     out = []
     H = model.hidden_size
+    mod = cell_module(model.cell)
+    gamma = mod.GAMMA  # max |phi'| of the nonlinearity that multiplies W_hh in the step Jacobian, if one bounds it
     for layer in range(model.num_layers):
         w_hh = model.params[f"weight_hh_l{layer}"]
-        if model.cell.startswith("rnn"):
-            main = MatrixSpectrum.of("W_hh", w_hh)
-            blocks = {}
-            gamma = GAMMA[model.cell]
-            vanish, explode = main.sigma_max < 1.0 / gamma, main.sigma_max > 1.0 / gamma
-        else:
+        if is_gated(model.cell):  # every gate block, the candidate's first
             blocks = {name: MatrixSpectrum.of(f"W_h{name}", w_hh[k * H : (k + 1) * H])
-                      for k, name in enumerate(model.gate_names)}
-            main = blocks["g" if model.cell == "lstm" else "n"]
-            gamma, vanish, explode = None, None, None
+                      for k, name in enumerate(mod.GATE_NAMES)}
+            main = blocks[mod.CANDIDATE_GATE]
+        else:  # one block: W_hh itself
+            main, blocks = MatrixSpectrum.of("W_hh", w_hh), {}
+        vanish = explode = None
+        if gamma is not None:
+            vanish, explode = main.sigma_max < 1.0 / gamma, main.sigma_max > 1.0 / gamma
         out.append(WeightSpectrum(layer, model.cell, main, blocks, gamma, vanish, explode))
     return out

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cells import is_gated
+
 THRESHOLDS = {
     "growth_factor": 1e3,  # exploding: gradient k steps back > 1e3 x its value at the loss
     "lyapunov_chaos": 0.01,  # nats/step: top exponent above this -> expanding dynamics
@@ -98,7 +100,7 @@ def advice(diag_layers, cell: str, seq_len: int, verdict: str, suggested_clip: f
     """Concrete advice, each line quoting the measurement behind it."""
     th = THRESHOLDS
     out: list[str] = []
-    gated = cell in ("lstm", "gru")
+    gated = is_gated(cell)
     for ld in diag_layers:
         sp, fl, ly, gs = ld.spectrum, ld.flow, ld.lyapunov, ld.gates
         tag = f"layer {ld.layer}: " if len(diag_layers) > 1 else ""
@@ -127,8 +129,8 @@ def advice(diag_layers, cell: str, seq_len: int, verdict: str, suggested_clip: f
             if not gated and sp.sigma_max > 1.0:
                 out.append(f"{tag}scale W_hh down: orthogonal init with gain 1 puts sigma_max at 1 "
                            f"(now {sp.sigma_max:.3g})")
-        if gs is not None and gs.memory_gate == "f":
-            fb = ld.forget_bias
+        if gs is not None:
+            fb = ld.forget_bias  # None unless the cell has a forget gate with a bias
             if fb is not None and fb < th["forget_bias_low"]:
                 out.append(f"{tag}forget-gate bias {fb:.2f} -> set 1 (Jozefowicz et al. 2015); the forget gate "
                            f"averages {gs.memory_gate_mean:.2f}, a memory of about {gs.memory_timescale:.1f} steps")

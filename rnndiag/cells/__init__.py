@@ -1,7 +1,30 @@
 """Recurrent cells as pure functions over arrays, in PyTorch's parameter layout.
 
-Each cell module has the same ten functions, all batched over ``B``, and a constant ``GATE_SCALE``:
+Each cell module states what it is in constants, which the rest of the package derives everything from (through
+:func:`cell_module`; no other module retypes them):
 
+``GATE_NAMES``
+    The gate blocks of ``W_ih``/``W_hh`` in PyTorch's order (their count is G); ``("h",)`` for the RNN.
+``CANDIDATE_GATE``
+    The block whose nonlinearity makes the new content (LSTM g, GRU n; the RNN's only block): its ``W_hh`` block
+    is the matrix whose spectrum the analysis reports first.
+``MEMORY_GATE``
+    The gate that keeps the state (LSTM f, GRU z), or None for a cell without gates.
+``FORGET_GATE``
+    The gate whose bias ``forget_bias`` sets (LSTM f), or None.
+``STATE_NAMES`` and ``STATE_FACTOR``
+    The arrays that make the state ``s`` (``("h", "c")`` for the LSTM) and their number: S = STATE_FACTOR * H.
+``HIDDEN_BIAS_FOLDED``
+    Whether ``b_hh`` goes into ``pre`` whole (then its gradient is ``b_ih``'s); ``folded_bias(b_ih, b_hh)`` is the
+    bias that does.
+``GAMMA``
+    ``max |phi'|`` of the nonlinearity that multiplies ``W_hh`` in the step Jacobian, or None where no single
+    factor bounds it (gated cells: the additive memory path).
+
+and the same functions, all batched over ``B``:
+
+``rmatmul_flops(H)``
+    The cost of one ``rmatmul`` of an (S, S) block, for budgeting products of many Jacobians.
 ``GATE_SCALE``
     One factor per gate block (PyTorch's gate order), a power of two: the engine multiplies the rows of ``W_ih``,
     of the bias folded into ``pre`` and of ``W_hh`` that ``forward`` receives by it (exact in floating point).
@@ -53,9 +76,34 @@ from types import ModuleType
 
 from . import gru, lstm, rnn
 
-__all__ = ["cell_module", "gru", "lstm", "rnn"]
+__all__ = ["CELLS", "CELL_ALIASES", "cell_kwargs", "cell_module", "gru", "is_gated", "lstm", "nonlinearity", "rnn"]
+
+# canonical cell name -> (module, the keyword arguments its forward/backward/jacobian_factors take)
+_CELLS = {
+    "rnn_tanh": (rnn, {"nonlinearity": "tanh"}),
+    "rnn_relu": (rnn, {"nonlinearity": "relu"}),
+    "lstm": (lstm, {}),
+    "gru": (gru, {}),
+}
+CELLS = tuple(_CELLS)
+CELL_ALIASES = {"rnn": "rnn_tanh", "tanh": "rnn_tanh", "relu": "rnn_relu", "elman": "rnn_tanh"}
 
 
 def cell_module(cell: str) -> ModuleType:
     """The module implementing ``cell`` (a canonical cell name)."""
-    return {"rnn_tanh": rnn, "rnn_relu": rnn, "lstm": lstm, "gru": gru}[cell]
+    return _CELLS[cell][0]
+
+
+def cell_kwargs(cell: str) -> dict[str, str]:
+    """The keyword arguments ``cell``'s module functions take besides the arrays (the RNN's nonlinearity)."""
+    return dict(_CELLS[cell][1])
+
+
+def nonlinearity(cell: str) -> str:
+    """``tanh`` or ``relu`` for RNN cells; ``tanh`` (of the candidate) for gated cells."""
+    return _CELLS[cell][1].get("nonlinearity", "tanh")
+
+
+def is_gated(cell: str) -> bool:
+    """Whether a gate keeps the state (LSTM, GRU)."""
+    return cell_module(cell).MEMORY_GATE is not None

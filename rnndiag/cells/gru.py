@@ -32,10 +32,31 @@ import numpy as np
 
 from ._rows import matmul_rows, prev_rows, row_scaled_sum, rows
 
-STATE_FACTOR = 1
+GATE_NAMES = ("r", "z", "n")  # PyTorch's order of the gate blocks
+CANDIDATE_GATE = "n"  # the tanh block that makes the new content
+MEMORY_GATE = "z"  # keeps the memory: h_t = (1 - z) n + z h_{t-1}; a mean z keeps about -1/ln z steps
+FORGET_GATE = None  # forget_bias is an LSTM setting
+STATE_NAMES = ("h",)  # the state s
+STATE_FACTOR = len(STATE_NAMES)
+HIDDEN_BIAS_FOLDED = False  # b_hn stays out of pre: it sits inside r * (W_hn h + b_hn)
+GAMMA = None  # no single max |phi'| bounds the Jacobian: the additive path z * h
 # forward() evaluates r and z with one tanh, using sigma(a) = (1 + tanh(a/2)) / 2: the engine hands it ``pre``
 # and ``W_hh`` with the r and z rows halved (exact: a power of two).
 GATE_SCALE = (0.5, 0.5, 1.0)
+
+
+def folded_bias(b_ih, b_hh):
+    """The bias the engine folds into the input projection: ``b_ih + b_hh`` except for the n block, where only
+    ``b_in`` can go (``forward`` adds ``b_hn`` per step, inside the reset product)."""
+    H = b_ih.shape[0] // 3
+    b = b_ih + b_hh
+    b[2 * H :] = b_ih[2 * H :]
+    return b
+
+
+def rmatmul_flops(hidden_size: int) -> float:
+    """Flops of ``rmatmul`` on one (S, S) block (S = H): one product with the formed Jacobian."""
+    return 2.0 * hidden_size**3
 
 
 def forward(pre, h0, c0, w_hh, b_hh) -> dict[str, np.ndarray]:

@@ -47,10 +47,27 @@ import numpy as np
 
 from ._rows import matmul_rows, prev_rows, row_scaled_sum, rows
 
-STATE_FACTOR = 2
+GATE_NAMES = ("i", "f", "g", "o")  # PyTorch's order of the gate blocks
+CANDIDATE_GATE = "g"  # the tanh block that makes the new content
+MEMORY_GATE = "f"  # keeps the memory: c_t = f c_{t-1} + ...; a mean f keeps about -1/ln f steps
+FORGET_GATE = "f"  # the gate whose bias ``forget_bias`` sets (Jozefowicz et al. 2015)
+STATE_NAMES = ("h", "c")  # the state s = [h; c]
+STATE_FACTOR = len(STATE_NAMES)
+HIDDEN_BIAS_FOLDED = True  # b_hh is folded into pre with b_ih
+GAMMA = None  # no single max |phi'| bounds the Jacobian: the additive path f * c
 # forward() evaluates all four gates with one tanh over the (B, 4H) row, using sigma(a) = (1 + tanh(a/2)) / 2:
 # the engine hands it ``pre`` and ``W_hh`` with the sigmoid gates' rows (i, f, o) halved -- exact, a power of two.
 GATE_SCALE = (0.5, 0.5, 1.0, 0.5)
+
+
+def folded_bias(b_ih, b_hh):
+    """The bias the engine folds into the input projection: ``b_ih + b_hh``."""
+    return b_ih + b_hh
+
+
+def rmatmul_flops(hidden_size: int) -> float:
+    """Flops of ``rmatmul`` on one (S, S) block (S = 2H): one (S, 2H) @ (2H, H) product with the left column."""
+    return 4.0 * (2 * hidden_size) * hidden_size**2
 
 
 def _gate_vectors(H, dtype):

@@ -22,8 +22,25 @@ import numpy as np
 
 from ._rows import matmul_rows, rows
 
-STATE_FACTOR = 1  # state size = STATE_FACTOR * H
+GATE_NAMES = ("h",)  # one block: W_hh itself
+CANDIDATE_GATE = "h"  # the block whose nonlinearity makes the new content (here the whole step)
+MEMORY_GATE = None  # no gate keeps the state: not a gated cell
+FORGET_GATE = None  # no forget-gate bias to set
+STATE_NAMES = ("h",)  # the state s
+STATE_FACTOR = len(STATE_NAMES)  # state size = STATE_FACTOR * H
 GATE_SCALE = (1.0,)  # forward takes pre and W_hh unscaled
+HIDDEN_BIAS_FOLDED = True  # b_hh is folded into pre with b_ih
+GAMMA = 1.0  # max |phi'| for tanh and relu: the Pascanu et al. (2013) bound sigma_max(W_hh) < 1/gamma
+
+
+def folded_bias(b_ih, b_hh):
+    """The bias the engine folds into the input projection: ``b_ih + b_hh``."""
+    return b_ih + b_hh
+
+
+def rmatmul_flops(hidden_size: int) -> float:
+    """Flops of ``rmatmul`` on one (S, S) block (S = H): the column scaling and one product with ``W_hh``."""
+    return 2.0 * hidden_size**3
 
 
 def _derivative(h: np.ndarray, nonlinearity: str) -> np.ndarray:
