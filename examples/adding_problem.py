@@ -149,8 +149,8 @@ def run_one(run: Run, args, workdir: Path) -> dict:
                       diag_points=8)
     res, curve = train_until_solved(model, cfg, args.check_every, workdir, run.key)
     first = res.history.diag[0] if res.history.diag else None
-    if first is not None and first["iteration"] == 0:
-        curve.insert(0, (0, first["test_loss"]))  # before any update
+    if first is not None and first.iteration == 0:
+        curve.insert(0, (0, first.test_loss))  # before any update
     after = None
     if not res.diverged:
         after = diagnose_on_task(res.model, TASK, args.seq_len, args.batch, args.seed, res.readout_w, res.readout_b)

@@ -72,10 +72,10 @@ from pathlib import Path
 
 import numpy as np
 from _shared import DEFAULT_REPORTS, fmt, fresh_report_dir, print_table, write_json_report
-from rnndiag.files import write_atomic
 
 import rnndiag
 from rnndiag.experiments import compare_clipping, diagnose_on_task
+from rnndiag.files import write_atomic
 from rnndiag.tasks import input_size
 from rnndiag.train import TrainConfig, train
 

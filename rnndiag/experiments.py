@@ -22,25 +22,32 @@ from .engine import forward
 from .init import check_scheme, init_model
 from .jsonsafe import finite_or_none, jsonable
 from .model import RNNModel
-from .tasks import make_task, out_size, readout, task_loss_grad
+from .tasks import AnalysedLoss, Problem, task_problem
 from .train import TrainConfig, TrainResult, train
 
 LEARNED_FRACTION = 0.5  # final test loss below this fraction of the baseline: the task was learned
 
 
+def diagnose_problem(model: RNNModel, problem: Problem, seed: int, *, steps: str | None = None,
+                     horizon_factor: float = 1e-3) -> tuple[Diagnosis, AnalysedLoss]:
+    """``analyze`` of ``model`` on the problem's batch with its loss (:meth:`Problem.analysed_loss`: the task's own
+    through the problem's readout, or the probe where ``steps`` asks for other steps or the states overflowed);
+    returns the diagnosis and the loss it differentiated."""
+    with np.errstate(all="ignore"):
+        h = forward(model, problem.x).h
+    loss = problem.analysed_loss(h, steps)
+    diag = analyze(model, problem.x, grad_h=loss.grad_h, seed=seed, loss=loss.steps, horizon_factor=horizon_factor,
+                   loss_label=loss.label)
+    return diag, loss
+
+
 def diagnose_on_task(model: RNNModel, task: str, seq_len: int, batch_size: int, seed: int,
                      w=None, b=None) -> Diagnosis:
-    """``analyze`` with the task's own loss through a readout (the trained one, or a seeded random one)."""
-    tb = make_task(task, seq_len, batch_size, np.random.default_rng([seed, 3]), dtype=model.dtype)
-    if w is None:
-        w, b = readout(model.hidden_size, out_size(task), seed=np.random.default_rng([seed, 7]))
-    with np.errstate(all="ignore"):
-        h = forward(model, tb.x).h
-    grad_h = None
-    if np.isfinite(h).all():
-        grad_h = task_loss_grad(tb, h.astype(np.float64), w, b)[1]
-    return analyze(model, tb.x, grad_h=grad_h, seed=seed, loss="last" if tb.loss_steps != "all" else "all",
-                   loss_label=f"{task} task loss" if grad_h is not None else None)
+    """``analyze`` with the task's own loss through a readout (the trained one ``w, b``, or the seeded random one),
+    on the seed's diagnosis batch: what ``rnndiag analyze --task`` and ``rnndiag init`` report."""
+    problem = task_problem(task, seq_len, batch_size, seed, model.hidden_size,
+                           readout_wb=None if w is None else (w, b), dtype=model.dtype)
+    return diagnose_problem(model, problem, seed)[0]
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,11 @@ class InitResult:
     @property
     def final_loss(self) -> float | None:
         return None if self.trained is None else self.trained.test_loss
+
+    @property
+    def learned(self) -> bool:
+        """Trained, and the final test loss is below ``LEARNED_FRACTION`` of the task's baseline."""
+        return self.trained is not None and _learned(self.trained)
 
     def to_dict(self) -> dict:
         d = {"scheme": self.scheme, "label": self.label, "at_init": summarize(self.at_init), "note": self.note}
@@ -91,6 +103,16 @@ class InitComparison:
     seed: int
     results: tuple[InitResult, ...]  # ranked, best first
     ranking_rule: str
+    train_steps: int = 0
+
+    @property
+    def trained(self) -> bool:
+        return self.train_steps > 0
+
+    @property
+    def learned(self) -> tuple[InitResult, ...]:
+        """The schemes whose final test loss fell below ``LEARNED_FRACTION`` of the task's baseline."""
+        return tuple(r for r in self.results if r.learned)
 
     def to_dict(self) -> dict:
         return jsonable({"command": "init", "cell": self.cell, "input_size": self.input_size,
@@ -133,14 +155,20 @@ def compare_inits(cell: str, input_size: int, hidden_size: int, *, schemes, num_
         key = lambda r: (SEVERITY[r.at_init.verdict], -r.at_init.gradient_flow.horizon.steps,  # noqa: E731
                          abs(r.at_init.layers[0].lyapunov.top) if r.at_init.layers[0].lyapunov else math.inf)
     results.sort(key=key)
-    return InitComparison(cell, input_size, hidden_size, num_layers, task, seq_len, seed, tuple(results), rule)
+    return InitComparison(cell, input_size, hidden_size, num_layers, task, seq_len, seed, tuple(results), rule,
+                          train_steps)
+
+
+def _learned(trained: TrainResult) -> bool:
+    base, final = trained.baseline, trained.test_loss
+    return base is not None and final is not None and final < LEARNED_FRACTION * base
 
 
 def learning_note(at_init: Diagnosis, after: Diagnosis | None, trained: TrainResult) -> str | None:
     if trained.diverged:
         return f"training diverged: {trained.history.stopped}"
     base, final = trained.baseline, trained.test_loss
-    learned = base is not None and final is not None and final < LEARNED_FRACTION * base
+    learned = _learned(trained)
     h0 = at_init.gradient_flow.horizon
     if at_init.verdict == "vanishing" and learned:
         h1 = after.gradient_flow.horizon if after is not None else None
@@ -190,10 +218,6 @@ class ClipComparison:
                          "runs": [r.to_dict() for r in self.runs]})
 
 
-def base_steps(run: ClipRun) -> int:
-    return run.trained.history.iterations
-
-
 def parse_strategies(text: str) -> list[tuple[str, float | None]]:
     """``"none,global_norm:1,value:5"`` -> ``[("none", None), ("global_norm", 1.0), ("value", 5.0)]``."""
     from .clip import STRATEGIES, Clipper
@@ -229,8 +253,7 @@ def compare_clipping(model: RNNModel, strategies, base: TrainConfig,
         cfg = dataclasses.replace(base, clip=name, clip_threshold=thr)
         res = train(model, cfg)
         h = res.history
-        cos = [c for c, f in zip(h.cosine, h.clipped)]
-        stats = clip_stats(name, thr, h.grad_norm, h.clipped, cos)
+        stats = clip_stats(name, thr, h.grad_norm, h.clipped, h.cosine)
         tail = np.asarray(h.loss[-max(1, len(h.loss) // 5):], dtype=float)
         with np.errstate(over="ignore", invalid="ignore"):
             osc = float(tail.std() / tail.mean()) if tail.size and tail.mean() > 0 else math.inf
@@ -246,9 +269,9 @@ def compare_clipping(model: RNNModel, strategies, base: TrainConfig,
     best = min(ok, key=lambda r: r.trained.test_loss)
     baseline = best.trained.baseline
     if baseline is not None and best.trained.test_loss >= LEARNED_FRACTION * baseline:
-        reasons.insert(0, f"no strategy learned the task in {base_steps(best)} iterations (every test loss is above "
-                          f"{LEARNED_FRACTION:g} x the baseline {baseline:.4g}); the ranking below says which trained "
-                          "most stably, not which works -- train longer or change the model first")
+        reasons.insert(0, f"no strategy learned the task in {best.trained.history.iterations} iterations (every test "
+                          f"loss is above {LEARNED_FRACTION:g} x the baseline {baseline:.4g}); the ranking below says "
+                          "which trained most stably, not which works -- train longer or change the model first")
     reasons.append(f"{best.label} reached the lowest test loss {best.trained.test_loss:.4g} "
                    f"(baseline {best.trained.baseline:.4g}), clipping {100 * best.stats.fraction_clipped:.0f}% of "
                    f"the iterations")

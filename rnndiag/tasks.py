@@ -29,6 +29,11 @@ import numpy as np
 from ._validation import check_positive_int, make_rng
 
 TASKS = ("adding", "adding_hs97", "copy", "sine", "text", "noise")
+LOSS_TASKS = tuple(t for t in TASKS if t != "noise")  # the tasks with a loss of their own: what can be trained
+# Independent random streams of one seed (a SeedSequence of [seed, stream, ...]): training batch i is drawn from
+# [seed, TRAIN_STREAM, i], the held-out test batch from [seed, TEST_STREAM, 0], the batch a diagnosis looks at
+# from [seed, DIAGNOSIS_STREAM] and the readout from [seed, READOUT_STREAM]. None is drawn from another.
+TRAIN_STREAM, TEST_STREAM, DIAGNOSIS_STREAM, READOUT_STREAM = 0, 1, 3, 7
 DEFAULT_TEXT = "gettysburg.txt"  # package data in rnndiag/data/, read through importlib.resources
 COPY_SYMBOLS, COPY_LENGTH = 8, 10
 
@@ -80,9 +85,10 @@ def text_vocab(path: str | None = None) -> str:
     return "".join(sorted(set(load_text(path))))
 
 
-def check_task(task: str) -> str:
-    if not isinstance(task, str) or task.lower() not in TASKS:
-        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+def check_task(task: str, choices: tuple[str, ...] = TASKS) -> str:
+    """The canonical name of ``task`` (case-insensitive), one of ``choices``."""
+    if not isinstance(task, str) or task.lower() not in choices:
+        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(choices)}")
     return task.lower()
 
 
@@ -226,3 +232,94 @@ def out_size(task: str) -> int:
     if task == "text":
         return len(text_vocab())
     return {"adding": 1, "adding_hs97": 1, "copy": COPY_SYMBOLS, "sine": 1}[task]
+
+
+def stream_rng(seed: int, stream: int, *index: int) -> np.random.Generator:
+    """The generator of one of a seed's independent streams (see ``TRAIN_STREAM``)."""
+    return np.random.default_rng([seed, stream, *index])
+
+
+def task_readout(task: str, hidden_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded random readout of ``task`` (its ``READOUT_STREAM``), as training starts from and as a diagnosis
+    at initialization reads the hidden states through."""
+    return readout(hidden_size, out_size(task), seed=stream_rng(seed, READOUT_STREAM))
+
+
+@dataclass(frozen=True)
+class AnalysedLoss:
+    """The loss an analysis differentiates: a task's own, through a readout, or the probe (``grad_h`` None)."""
+
+    grad_h: np.ndarray | None = field(repr=False)  # (T, B, H) dL/dh_t, float64; None: the probe loss
+    steps: str  # where the loss looks, as ``analyze(loss=...)`` takes it: "last" or "all"
+    label: str | None  # the loss's name in a Diagnosis; None for the probe (the analysis names it)
+    detail: str  # one line on what was differentiated, for reports
+    value: float | None = None
+
+    @classmethod
+    def probe(cls, steps: str, why: str) -> AnalysedLoss:
+        return cls(None, steps, None, f"probe loss <u, h> ({steps}): {why}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A task's batch and the linear readout ``y = W h + b`` through which its loss is taken."""
+
+    batch: TaskBatch
+    readout_w: np.ndarray | None = field(repr=False)  # (O, H); None for a task without a loss (noise)
+    readout_b: np.ndarray | None = field(repr=False)  # (O,)
+    readout_label: str  # where the readout came from
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.batch.x
+
+    @property
+    def has_loss(self) -> bool:
+        return self.readout_w is not None
+
+    @property
+    def loss_steps(self) -> str:
+        """Where the task's loss looks, as the analysis injects it: "last" (also copy's last-10 window) or "all"."""
+        return "all" if self.batch.loss_steps == "all" else "last"
+
+    def loss_and_grads(self, h: np.ndarray):
+        """``(loss, dL/dh (T, B, H), dL/dW, dL/db)`` for the hidden states ``h`` (see :func:`task_loss_grads`)."""
+        return task_loss_grads(self.batch, h, self.readout_w, self.readout_b)
+
+    def analysed_loss(self, h: np.ndarray, steps: str | None = None) -> AnalysedLoss:
+        """The loss an analysis of the model whose last-layer states on ``x`` are ``h`` differentiates: the task's
+        own, or the probe where the task has no loss, where ``steps`` asks for other steps than the task's loss
+        looks at, or where the states overflowed (no loss is defined)."""
+        name = self.batch.name
+        if not self.has_loss:
+            return AnalysedLoss.probe(steps or "last", "seeded random unit vectors")
+        if steps is not None and steps != self.loss_steps:
+            return AnalysedLoss(None, steps, None, f"probe loss ({steps}): the {name} task's own loss looks at "
+                                                   f"{self.batch.loss_steps} steps")
+        if not np.isfinite(h).all():
+            return AnalysedLoss(None, self.loss_steps, None,
+                                f"probe loss: the {name} task loss is undefined (the state overflowed)")
+        value, grad_h, _, _ = self.loss_and_grads(h.astype(np.float64))
+        return AnalysedLoss(grad_h, self.loss_steps, f"{name} task loss",
+                            f"{name} task loss on {self.readout_label} (value {value:.4g}; trivial baseline "
+                            f"{self.batch.baseline:.4g})", value)
+
+
+def task_problem(task: str, seq_len: int, batch_size: int, seed: int, hidden_size: int, *,
+                 stream: int = DIAGNOSIS_STREAM, index: tuple[int, ...] = (), readout_wb=None,
+                 input_size: int | None = None, dtype=np.float64) -> Problem:
+    """``task``'s batch from the seed's ``stream`` (``index`` numbers batches within it) and its readout: the
+    seeded random one (:func:`task_readout`) or ``readout_wb = (W, b)``, e.g. a trained one. The one place that
+    decides which data and which readout a diagnosis, a training step and a comparison of schemes see.
+
+    >>> p = task_problem("adding", 20, 4, seed=0, hidden_size=8)
+    >>> p.x.shape, p.readout_w.shape, p.loss_steps
+    ((20, 4, 2), (1, 8), 'last')
+    """
+    batch = make_task(task, seq_len, batch_size, stream_rng(seed, stream, *index), input_size=input_size,
+                      dtype=dtype)
+    if batch.name == "noise":
+        return Problem(batch, None, None, "no readout")
+    if readout_wb is not None:
+        return Problem(batch, *readout_wb, "the trained readout")
+    return Problem(batch, *task_readout(batch.name, hidden_size, seed), "a seeded random linear readout")

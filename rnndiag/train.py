@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,22 +25,28 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import check_positive_int
+from .analysis.gates import gate_stats
 from .analysis.lyapunov import lyapunov_spectrum
+from .analysis.spectral import weight_spectra
 from .clip import Clipper, cosine, global_norm
-from .engine import backward, forward
+from .engine import Trace, backward, forward
+from .files import write_atomic
 from .jsonsafe import jsonable
 from .model import RNNModel
-from .tasks import make_task, out_size, readout, task_loss_grads
+from .tasks import LOSS_TASKS, TEST_STREAM, TRAIN_STREAM, Problem, task_problem, task_readout
 
 OPTIMIZERS = ("adam", "sgd")
 READOUT = ("readout.weight", "readout.bias")
+# the top Lyapunov exponent at a scheduled diagnostic: one sequence, after a warm-up of a tenth of the sequence
+# (at most LYAPUNOV_WARMUP_MAX steps)
+LYAPUNOV_WARMUP_MAX = 50
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """What to train and how. Defaults follow common practice for the adding problem."""
 
-    task: str = "adding"  # adding | copy | sine
+    task: str = "adding"  # one of tasks.LOSS_TASKS
     seq_len: int = 100  # T (copy: the number of blanks)
     batch_size: int = 64
     steps: int = 1000  # iterations
@@ -57,8 +62,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # iterations between checkpoints (0: never)
 
     def __post_init__(self):
-        if self.task not in ("adding", "adding_hs97", "copy", "sine", "text"):
-            raise ValueError(f"task must be adding, adding_hs97, copy, sine or text for training; got {self.task!r}")
+        if self.task not in LOSS_TASKS:
+            raise ValueError(f"task must be one of {', '.join(LOSS_TASKS)} for training; got {self.task!r}")
         for name in ("seq_len", "batch_size", "steps", "diag_points", "eval_batch"):
             check_positive_int(getattr(self, name), name)
         if self.optimizer not in OPTIMIZERS:
@@ -89,9 +94,43 @@ class TrainConfig:
         return sorted({round(float(i)) for i in its} | {0, last})
 
 
+@dataclass(frozen=True)
+class LayerSnapshot:
+    """One layer at a scheduled diagnostic."""
+
+    spectral_radius: float  # of W_hh (gated cells: of the candidate block)
+    sigma_max: float
+    top_lyapunov: float  # nats/step, one sequence
+    gate_saturation: dict[str, float]  # per gate: fraction of values < 0.1 or > 0.9 (|.| > 0.9 for tanh gates)
+    memory_timescale: float | None  # steps, from the mean forget/update gate (gated cells)
+    hidden_saturated: float | None  # fraction of |h| > 0.9 (tanh outputs)
+
+    def to_dict(self) -> dict:
+        return jsonable(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class TrainDiagnostic:
+    """The scheduled measurements at one training iteration, from that step's own trace (no extra BPTT)."""
+
+    iteration: int
+    grad_norm_per_step: tuple[float, ...]  # median over the batch of ||dL/dh_t||, t = 0..T-1
+    test_loss: float | None  # on the held-out batch, before this iteration's update
+    layers: tuple[LayerSnapshot, ...]
+
+    def to_dict(self) -> dict:
+        return jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainDiagnostic:
+        return cls(int(d["iteration"]), tuple(d["grad_norm_per_step"]), d["test_loss"],
+                   tuple(LayerSnapshot(**layer) for layer in d["layers"]))
+
+
 @dataclass
 class History:
-    """Everything recorded. Per-iteration lists grow together; ``diag`` holds one dict per scheduled iteration."""
+    """Everything recorded: a growing record (not frozen). Per-iteration lists grow together; ``diag`` holds one
+    :class:`TrainDiagnostic` per scheduled iteration."""
 
     loss: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)  # pre-clip global norm
@@ -99,7 +138,7 @@ class History:
     clipped: list[bool] = field(default_factory=list)
     cosine: list[float] = field(default_factory=list)  # clipped vs unclipped
     param_norms: dict[str, list[float]] = field(default_factory=dict)  # per-parameter gradient norms
-    diag: list[dict] = field(default_factory=list)
+    diag: list[TrainDiagnostic] = field(default_factory=list)
     stopped: str | None = None  # why the run stopped early
 
     @property
@@ -111,10 +150,12 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
-        return cls(**{k: d[k] for k in (f.name for f in dataclasses.fields(cls))})
+        fields = {k: d[k] for k in (f.name for f in dataclasses.fields(cls))}
+        fields["diag"] = [TrainDiagnostic.from_dict(x) for x in fields["diag"]]
+        return cls(**fields)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
     model: RNNModel
     readout_w: np.ndarray
@@ -133,17 +174,20 @@ class TrainResult:
                 "diverged": self.diverged, "history": self.history.to_dict()}
 
 
-def _batch(cfg: TrainConfig, model: RNNModel, i: int, eval_: bool = False):
-    seed = [cfg.seed, 1 if eval_ else 0, i]
-    return make_task(cfg.task, cfg.seq_len, cfg.eval_batch if eval_ else cfg.batch_size,
-                     np.random.default_rng(seed), dtype=model.dtype)
+def training_problem(cfg: TrainConfig, model: RNNModel, readout_wb, iteration: int, *,
+                     held_out: bool = False) -> Problem:
+    """Training batch ``iteration`` (or, ``held_out``, the test batch) with the readout ``(W, b)``: batch i depends
+    only on the seed and i, so a resumed run sees the same data."""
+    return task_problem(cfg.task, cfg.seq_len, cfg.eval_batch if held_out else cfg.batch_size, cfg.seed,
+                        model.hidden_size, stream=TEST_STREAM if held_out else TRAIN_STREAM,
+                        index=(0 if held_out else iteration,), readout_wb=readout_wb, dtype=model.dtype)
 
 
-def loss_and_grads(model: RNNModel, w, b, task_batch):
-    """(loss, gradients of every parameter and the readout, the trace)."""
+def loss_and_grads(model: RNNModel, problem: Problem):
+    """(loss, gradients of every parameter and the readout, the trace); gradients None when dL/dh overflowed."""
     with np.errstate(all="ignore"):
-        fwd = forward(model, task_batch.x)
-        loss, grad_h, gw, gb = task_loss_grads(task_batch, fwd.h.astype(np.float64), w, b)
+        fwd = forward(model, problem.x)
+        loss, grad_h, gw, gb = problem.loss_and_grads(fwd.h.astype(np.float64))
         if not np.isfinite(grad_h).all():
             return loss, None, None
         trace = backward(fwd, grad_h.astype(model.dtype))
@@ -182,25 +226,19 @@ class _Optimizer:
         return out
 
 
-def _diagnostics(model, trace, test_loss) -> dict:
+def diagnose_step(model: RNNModel, trace: Trace, iteration: int, test_loss: float | None) -> TrainDiagnostic:
     """The scheduled measurements, from the training step's own trace (no extra BPTT)."""
-    from .analysis.gates import gate_stats
-    from .analysis.spectral import weight_spectra
-
     with np.errstate(over="ignore", invalid="ignore"):
         per_step = np.median(np.linalg.norm(trace.grad_h.astype(np.float64), axis=2), axis=1)
-    d = {"grad_norm_per_step": per_step.tolist(),
-         "test_loss": test_loss, "layers": []}
+    layers = []
     for lt, sp in zip(trace.layers, weight_spectra(model)):
         with np.errstate(all="ignore"):
-            ly = lyapunov_spectrum(lt, [0], k=1, warmup=min(lt.h.shape[0] // 10, 50))
+            ly = lyapunov_spectrum(lt, [0], k=1, warmup=min(lt.h.shape[0] // 10, LYAPUNOV_WARMUP_MAX))
         gs = gate_stats(lt)
-        d["layers"].append({
-            "spectral_radius": sp.spectral_radius, "sigma_max": sp.sigma_max, "top_lyapunov": ly.top,
-            "gate_saturation": {k: s.left_saturated + s.right_saturated for k, s in gs.gates.items()},
-            "memory_timescale": gs.memory_timescale, "hidden_saturated": gs.hidden_saturated,
-        })
-    return d
+        layers.append(LayerSnapshot(sp.spectral_radius, sp.sigma_max, ly.top,
+                                    {k: s.left_saturated + s.right_saturated for k, s in gs.gates.items()},
+                                    gs.memory_timescale, gs.hidden_saturated))
+    return TrainDiagnostic(iteration, tuple(per_step.tolist()), test_loss, tuple(layers))
 
 
 def train(
@@ -221,7 +259,7 @@ def train(
     iterations in this call (for tests of resuming).
     """
     cfg = config
-    w, b = readout(model.hidden_size, out_size(cfg.task), seed=np.random.default_rng([cfg.seed, 7]))
+    w, b = task_readout(cfg.task, model.hidden_size, cfg.seed)
     params = {**model.params, READOUT[0]: w.astype(model.dtype), READOUT[1]: b.astype(model.dtype)}
     opt = _Optimizer(cfg, params)
     clipper = Clipper(cfg.clip, cfg.clip_threshold)
@@ -229,13 +267,13 @@ def train(
     if resume is not None:
         params, opt, clipper, history = _load_checkpoint(Path(resume), cfg, model, params, opt, clipper)
     schedule = set(cfg.schedule_iterations())
-    eval_batch = _batch(cfg, model, 0, eval_=True)
+    held_out = training_problem(cfg, model, (w, b), 0, held_out=True)  # tested through the readout of the time
     start = history.iterations
     done_here = 0
     for i in range(start, cfg.steps):
         model = model.with_params({k: v for k, v in params.items() if k not in READOUT})
-        tb = _batch(cfg, model, i)
-        loss, grads, trace = loss_and_grads(model, params[READOUT[0]], params[READOUT[1]], tb)
+        problem = training_problem(cfg, model, (params[READOUT[0]], params[READOUT[1]]), i)
+        loss, grads, trace = loss_and_grads(model, problem)
         bad = _nonfinite(loss, grads)
         if bad:
             history.stopped = f"iteration {i}: {bad}; training stopped (history kept)"
@@ -249,8 +287,7 @@ def train(
         for k, g in grads.items():
             history.param_norms[k].append(global_norm({k: g}))
         if i in schedule:
-            test = _test_loss(model, params, eval_batch)
-            history.diag.append({"iteration": i, **_diagnostics(model, trace, test)})
+            history.diag.append(diagnose_step(model, trace, i, _test_loss(model, params, held_out)))
         with np.errstate(all="ignore"):  # an overflowing update is caught just below, naming the parameter
             params = opt.step(params, clipped)
         new_bad = [k for k, v in params.items() if not np.isfinite(v).all()]
@@ -269,8 +306,8 @@ def train(
         if all(np.isfinite(v).all() for v in params.values()) else model
     if checkpoint is not None:
         save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
-    test = _test_loss(final, params, eval_batch) if history.stopped is None else None
-    return TrainResult(final, params[READOUT[0]], params[READOUT[1]], cfg, history, eval_batch.baseline, test)
+    test = _test_loss(final, params, held_out) if history.stopped is None else None
+    return TrainResult(final, params[READOUT[0]], params[READOUT[1]], cfg, history, held_out.batch.baseline, test)
 
 
 def _nonfinite(loss, grads) -> str | None:
@@ -283,12 +320,12 @@ def _nonfinite(loss, grads) -> str | None:
     return None
 
 
-def _test_loss(model, params, eval_batch) -> float | None:
-    from .engine import forward
-
+def _test_loss(model, params, held_out: Problem) -> float | None:
+    """The loss on the held-out batch through the current readout in ``params``."""
+    problem = dataclasses.replace(held_out, readout_w=params[READOUT[0]], readout_b=params[READOUT[1]])
     with np.errstate(all="ignore"):
-        h = forward(model, eval_batch.x).h
-        loss = task_loss_grads(eval_batch, h.astype(np.float64), params[READOUT[0]], params[READOUT[1]])[0]
+        h = forward(model, problem.x).h
+        loss = problem.loss_and_grads(h.astype(np.float64))[0]
     return float(loss) if math.isfinite(loss) else None
 
 
@@ -302,14 +339,7 @@ def save_checkpoint(path: Path, cfg, params, opt, clipper, history) -> None:
     arrays |= {f"m/{k}": v for k, v in opt.m.items()} | {f"v/{k}": v for k, v in opt.v.items()}
     arrays["meta"] = np.array(json.dumps(meta, allow_nan=True))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _load_checkpoint(path: Path, cfg, model, params, opt, clipper):

@@ -33,8 +33,8 @@ from _cli_helpers import (
     strict_json,
 )
 
-import rnndiag.render.figures as figures_mod
 import rnndiag.files as output_mod
+import rnndiag.render.figures as figures_mod
 from rnndiag import init_model, save_weights
 
 SCRIPT = "<script>alert(1)</script>"

@@ -326,3 +326,54 @@ def test_adding_hs97_layout_target_and_baseline():
     big = make_task("adding_hs97", 30, 400_000, 0)
     err = (big.targets - 0.5) ** 2
     assert abs(err.mean() - big.baseline) < 5 * err.std() / np.sqrt(err.size)
+
+
+# -- the problem: one place decides the data, the readout and the loss a diagnosis sees ----------------------------
+def test_problem_streams_are_fixed_and_independent():
+    """The diagnosis batch, the readout, training batch i and the held-out batch come from their own seeded
+    streams ([seed, 3], [seed, 7], [seed, 0, i], [seed, 1, 0]): what analyze, init, clip and train share."""
+    from rnndiag.tasks import DIAGNOSIS_STREAM, TEST_STREAM, TRAIN_STREAM, task_problem
+
+    p = task_problem("adding", 12, 3, seed=5, hidden_size=4)
+    np.testing.assert_array_equal(p.x, make_task("adding", 12, 3, np.random.default_rng([5, 3])).x)
+    w, b = readout(4, 1, seed=np.random.default_rng([5, 7]))
+    np.testing.assert_array_equal(p.readout_w, w)
+    np.testing.assert_array_equal(p.readout_b, b)
+    assert p.readout_label == "a seeded random linear readout" and p.loss_steps == "last"
+    train_2 = task_problem("adding", 12, 3, 5, 4, stream=TRAIN_STREAM, index=(2,))
+    np.testing.assert_array_equal(train_2.x, make_task("adding", 12, 3, np.random.default_rng([5, 0, 2])).x)
+    held_out = task_problem("adding", 12, 3, 5, 4, stream=TEST_STREAM, index=(0,))
+    assert not np.array_equal(held_out.x, train_2.x) and not np.array_equal(held_out.x, p.x)
+    assert DIAGNOSIS_STREAM not in (TRAIN_STREAM, TEST_STREAM)
+    trained = task_problem("adding", 12, 3, 5, 4, readout_wb=(w * 2, b))
+    assert trained.readout_label == "the trained readout"
+    np.testing.assert_array_equal(trained.readout_w, 2 * w)
+
+
+@pytest.mark.parametrize(("task", "steps"), [("adding", "last"), ("copy", "last"), ("sine", "all"), ("text", "all")])
+def test_analysed_loss_is_the_tasks_own(task, steps):
+    from rnndiag.tasks import task_problem
+
+    p = task_problem(task, 10, 2, seed=1, hidden_size=3)
+    h = np.random.default_rng(0).standard_normal((p.x.shape[0], 2, 3))
+    loss = p.analysed_loss(h)
+    value, grad_h = task_loss_grad(p.batch, h, p.readout_w, p.readout_b)
+    assert (loss.steps, loss.label, loss.value) == (steps, f"{task} task loss", value)
+    np.testing.assert_array_equal(loss.grad_h, grad_h)
+    assert loss.detail.startswith(f"{task} task loss on a seeded random linear readout (value ")
+
+
+def test_analysed_loss_falls_back_to_the_probe_and_says_why():
+    from rnndiag.tasks import task_problem
+
+    h = np.zeros((10, 2, 3))
+    other = task_problem("adding", 10, 2, 0, 3).analysed_loss(h, steps="all")
+    assert (other.grad_h, other.steps, other.label) == (None, "all", None)
+    assert "adding task's own loss looks at last steps" in other.detail
+    overflowed = task_problem("sine", 10, 2, 0, 3).analysed_loss(np.full((10, 2, 3), np.inf))
+    assert (overflowed.grad_h, overflowed.steps) == (None, "all") and "overflowed" in overflowed.detail
+    noise = task_problem("noise", 10, 2, 0, 3, input_size=4)
+    assert noise.x.shape == (10, 2, 4) and not noise.has_loss
+    probe = noise.analysed_loss(h)
+    assert (probe.grad_h, probe.steps, probe.label) == (None, "last", None)
+    assert probe.detail == "probe loss <u, h> (last): seeded random unit vectors"

@@ -25,8 +25,8 @@ from _helpers import central_diff
 
 import rnndiag
 from rnndiag.clip import global_norm
-from rnndiag.tasks import input_size, make_task, out_size, readout, task_loss_grads
-from rnndiag.train import History, TrainConfig, TrainResult, _Optimizer, loss_and_grads, train
+from rnndiag.tasks import Problem, input_size, make_task, out_size, readout, task_loss_grads
+from rnndiag.train import History, TrainConfig, TrainResult, _Optimizer, loss_and_grads, train, training_problem
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -175,10 +175,9 @@ def test_history_records_what_loss_and_grads_returns():
     m = _model("lstm", "adding", H=5)
     cfg = _cfg(steps=1, clip="none", clip_threshold=None, seed=3)
     res = train(m, cfg)
-    from rnndiag.train import _batch  # batch i depends only on (seed, i)
-
-    w, b = readout(5, 1, seed=np.random.default_rng([3, 7]))
-    loss, grads, trace = loss_and_grads(m, w, b, _batch(cfg, m, 0))
+    w, b = readout(5, 1, seed=np.random.default_rng([3, 7]))  # the seeded readout
+    tb = make_task("adding", cfg.seq_len, cfg.batch_size, np.random.default_rng([3, 0, 0]))  # batch 0 of seed 3
+    loss, grads, trace = loss_and_grads(m, Problem(tb, w, b, "test"))
     h = res.history
     assert h.loss[0] == loss
     assert h.grad_norm[0] == pytest.approx(global_norm(grads), rel=1e-15)
@@ -186,7 +185,7 @@ def test_history_records_what_loss_and_grads_returns():
     for k, g in grads.items():
         assert h.param_norms[k][0] == pytest.approx(float(np.linalg.norm(g)), rel=1e-15), k
     # the diagnostics at iteration 0 come from the same trace
-    np.testing.assert_allclose(h.diag[0]["grad_norm_per_step"],
+    np.testing.assert_allclose(h.diag[0].grad_norm_per_step,
                                np.median(np.linalg.norm(trace.grad_h, axis=2), axis=1), rtol=1e-14)
 
 
@@ -250,41 +249,40 @@ def test_scheduled_diagnostics(cell, task, schedule):
     cfg = _cfg(task=task, seq_len=T, steps=14, schedule=schedule, diag_points=5)
     res = train(m, cfg)
     diag = res.history.diag
-    assert [d["iteration"] for d in diag] == cfg.schedule_iterations()
+    assert [d.iteration for d in diag] == cfg.schedule_iterations()
     steps = T + 20 if task == "copy" else T
     gates = {"lstm": {"i", "f", "g", "o"}, "gru": {"r", "z", "n"}}.get(cell, set())
     for d in diag:
-        assert len(d["grad_norm_per_step"]) == steps
-        assert all(math.isfinite(v) and v >= 0 for v in d["grad_norm_per_step"])
-        assert d["test_loss"] is not None and math.isfinite(d["test_loss"]) and d["test_loss"] >= 0
-        assert len(d["layers"]) == L
-        for layer in d["layers"]:
-            assert math.isfinite(layer["spectral_radius"]) and layer["spectral_radius"] >= 0
-            assert math.isfinite(layer["sigma_max"]) and layer["sigma_max"] >= layer["spectral_radius"] - 1e-12
-            assert isinstance(layer["top_lyapunov"], float)
-            assert set(layer["gate_saturation"]) == gates
-            assert all(0.0 <= s <= 1.0 for s in layer["gate_saturation"].values())
+        assert len(d.grad_norm_per_step) == steps
+        assert all(math.isfinite(v) and v >= 0 for v in d.grad_norm_per_step)
+        assert d.test_loss is not None and math.isfinite(d.test_loss) and d.test_loss >= 0
+        assert len(d.layers) == L
+        for layer in d.layers:
+            assert math.isfinite(layer.spectral_radius) and layer.spectral_radius >= 0
+            assert math.isfinite(layer.sigma_max) and layer.sigma_max >= layer.spectral_radius - 1e-12
+            assert isinstance(layer.top_lyapunov, float)
+            assert set(layer.gate_saturation) == gates
+            assert all(0.0 <= s <= 1.0 for s in layer.gate_saturation.values())
+        assert d.to_dict()["layers"][0]["spectral_radius"] == d.layers[0].spectral_radius
     # iteration 0 looks at the initial weights
     if cell.startswith("rnn"):
-        for k, layer in enumerate(diag[0]["layers"]):
+        for k, layer in enumerate(diag[0].layers):
             w = m.params[f"weight_hh_l{k}"]
-            assert layer["spectral_radius"] == pytest.approx(np.abs(np.linalg.eigvals(w)).max(), rel=1e-10)
-            assert layer["sigma_max"] == pytest.approx(np.linalg.norm(w, 2), rel=1e-10)
+            assert layer.spectral_radius == pytest.approx(np.abs(np.linalg.eigvals(w)).max(), rel=1e-10)
+            assert layer.sigma_max == pytest.approx(np.linalg.norm(w, 2), rel=1e-10)
 
 
 def test_test_loss_is_the_held_out_loss_of_the_final_model():
     m = _model("gru", H=4)
     cfg = _cfg(steps=5, eval_batch=16, seed=2)
     res = train(m, cfg)
-    from rnndiag.train import _batch
-
-    eb = _batch(cfg, res.model, 0, eval_=True)
+    eb = training_problem(cfg, res.model, None, 0, held_out=True).batch
     assert eb.x.shape[1] == 16
     h = rnndiag.forward(res.model, eb.x).h
     assert res.test_loss == pytest.approx(task_loss_grads(eb, h, res.readout_w, res.readout_b)[0], rel=1e-14)
     # and differs from every training batch's data (held out)
     for i in range(5):
-        assert not np.array_equal(_batch(cfg, m, i).x[:, :4], eb.x[:, :4])
+        assert not np.array_equal(training_problem(cfg, m, None, i).x[:, :4], eb.x[:, :4])
 
 
 # -- optimizers against torch -----------------------------------------------------------------------------------------
@@ -376,7 +374,7 @@ def test_loss_and_grads_against_finite_differences(cell, task):
     rng = np.random.default_rng(9)
     w, b = rng.standard_normal((out_size(task), H)), rng.standard_normal(out_size(task))
     tb = make_task(task, T, B, seed=4)
-    loss, grads, trace = loss_and_grads(m, w, b, tb)
+    loss, grads, trace = loss_and_grads(m, Problem(tb, w, b, "test"))
     assert set(grads) == set(m.params) | set(READOUT)
 
     def total(params, ww, bb):
@@ -606,7 +604,7 @@ def test_resume_with_nonfinite_diagnostics(tmp_path):
     m = m.with_params(p)
     cfg = _cfg(steps=10, optimizer="sgd", lr=0.05, diag_points=3, checkpoint_every=5)
     full = train(m, cfg)
-    assert full.history.diag[0]["layers"][0]["top_lyapunov"] == -math.inf
+    assert full.history.diag[0].layers[0].top_lyapunov == -math.inf
     ck = tmp_path / "c.npz"
     train(m, cfg, checkpoint=ck, stop_after=6)
     res = train(m, cfg, resume=ck)

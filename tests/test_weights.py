@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import stat
 import sys
 
@@ -159,6 +160,51 @@ def test_torch_prefix_from_a_whole_module(tmp_path):
     torch.save(Net().state_dict(), path)
     model = load_weights(path, cell="rnn_relu", prefix="rnn")
     assert (model.cell, model.input_size, model.hidden_size) == ("rnn_relu", 2, 3)
+
+
+# -- in memory: model_from_state_dict ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", CELLS)
+def test_model_from_state_dict_of_arrays(cell):
+    """A mapping of arrays builds the same model as the file it would be saved to; load_weights reads and calls it."""
+    model = init_model(cell, 3, 4, num_layers=2, seed=2)
+    built = rnndiag.model_from_state_dict(model.state_dict(), cell=cell if cell == "rnn_relu" else None)
+    _assert_same_model(built, model)
+    assert built.init == "state_dict"
+    nested = {f"net.rnn.{k}": v for k, v in model.params.items()} | {"net.head.weight": np.zeros((1, 4))}
+    _assert_same_model(rnndiag.model_from_state_dict(nested, cell, prefix="net.rnn"), model)
+    assert rnndiag.model_from_state_dict(model.state_dict(), cell, dtype=np.float32).dtype == np.float32
+
+
+def test_model_from_a_torch_modules_state_dict():
+    """``module.state_dict()`` as it is: tensors, a whole model's keys, float16/bfloat16 widened to float32."""
+    torch = _torch()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.GRU(3, 5, num_layers=2), torch.nn.Linear(5, 1))
+    model = rnndiag.model_from_state_dict(net.state_dict(), prefix="0")
+    assert (model.cell, model.input_size, model.hidden_size, model.num_layers, model.dtype) == (
+        "gru", 3, 5, 2, np.float32)
+    for k, v in net[0].state_dict().items():
+        np.testing.assert_array_equal(model.params[k], v.numpy(), err_msg=k)
+    for half in (torch.float16, torch.bfloat16):
+        lstm = torch.nn.LSTM(2, 3).to(half)
+        m = rnndiag.model_from_state_dict(lstm.state_dict())
+        assert m.dtype == np.float32
+        np.testing.assert_array_equal(m.params["weight_hh_l0"], lstm.weight_hh_l0.detach().float().numpy())
+    assert rnndiag.model_from_state_dict(torch.nn.LSTM(2, 3).double().state_dict()).dtype == np.float64
+
+
+@pytest.mark.parametrize(("state_dict", "exc", "fragment"), [
+    ([("weight_ih_l0", np.zeros((4, 2)))], TypeError, "state_dict must be a mapping"),
+    ({"weight_ih_l0": [[0.0]], "weight_hh_l0": np.zeros((4, 4))}, ValueError,
+     "state_dict: entry 'weight_ih_l0' is a list, not an array or tensor"),
+    ({"weight_hh_l0": np.zeros((4, 4))}, ValueError, "state_dict: is missing weight_ih_l0"),
+    ({"weight_ih_l0": np.zeros((4, 2)), "weight_hh_l0": np.full((4, 4), np.nan)}, ValueError,
+     "state_dict: key 'weight_hh_l0' contains NaN or Inf"),
+])
+def test_model_from_state_dict_bad_input(state_dict, exc, fragment):
+    with pytest.raises(exc, match=re.escape(fragment)) as info:
+        rnndiag.model_from_state_dict(state_dict)
+    assert "\n" not in str(info.value)
 
 
 # -- bad files -------------------------------------------------------------------------------------

@@ -1,11 +1,90 @@
-"""Figures and tables for `rnndiag init`, `rnndiag clip` and `rnndiag train` (read results, never recompute)."""
+"""Figures, tables and headlines for `rnndiag init`, `rnndiag clip` and `rnndiag train` (read results, never
+recompute)."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib.colors import Normalize
 
-from .figures import COLORS, _finish, _new, thin
+from .figures import COLORS, finish_axes, new_axes, thin
+from .terminal import fmt_num
+
+
+class Table(NamedTuple):
+    """A results table: every cell a string."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+class Headline(NamedTuple):
+    """The one-line conclusion and the reasons behind it."""
+
+    text: str
+    reasons: list[str]
+
+
+def init_table(cmp) -> Table:
+    """One row per scheme, ranked; with training, the final test loss, the verdict after it and a note."""
+    trained = cmp.trained
+    columns = ["rank", "scheme", "verdict", "spectral radius", "sigma_max", f"horizon / {cmp.seq_len}",
+               "decay log10/step", "top Lyapunov"] + (["final test loss", "after training", "note"] if trained else [])
+    rows = []
+    for i, r in enumerate(cmp.results, 1):
+        d = r.at_init
+        ld = d.layers[0]
+        hz = d.gradient_flow.horizon
+        row = [str(i), r.label, d.verdict, fmt_num(ld.spectrum.spectral_radius), fmt_num(ld.spectrum.sigma_max),
+               f"{hz.steps}{'+' if hz.censored else ''}", fmt_num(d.gradient_flow.fit.rate, "+.4f"),
+               fmt_num(ld.lyapunov.top if ld.lyapunov else None, "+.4f")]
+        if trained:
+            row += [fmt_num(r.final_loss, ".4g"), r.after.verdict if r.after else "diverged", r.note or ""]
+        rows.append(row)
+    return Table(f"initialization schemes for {cmp.cell} (ranked: {cmp.ranking_rule})", columns, rows)
+
+
+def init_headline(cmp, learned_fraction: float) -> Headline:
+    best = cmp.results[0]
+    text = f"best: {best.label} ({cmp.ranking_rule})"
+    if cmp.trained and not cmp.learned:
+        text = (f"no scheme learned the {cmp.task} task in {cmp.train_steps} steps (every test loss is above "
+                f"{learned_fraction:g} x the baseline); lowest test loss: {best.label} -- train longer before "
+                "choosing")
+    return Headline(text, [f"{r.scheme}: {r.note}" for r in cmp.results if r.note])
+
+
+def clip_table(cmp, model_label: str) -> Table:
+    columns = ["strategy", "diverged", "final test loss", "fraction clipped", "mean cosine", "oscillation",
+               "suggested threshold"]
+    rows = [[r.label, "yes" if r.trained.diverged else "no", fmt_num(r.trained.test_loss, ".4g"),
+             f"{100 * r.stats.fraction_clipped:.0f}%", fmt_num(r.stats.mean_cosine, ".3f"),
+             fmt_num(r.oscillation, ".2f"), fmt_num(r.stats.suggested_threshold)] for r in cmp.runs]
+    return Table(f"clipping strategies, {model_label} on {cmp.task}", columns, rows)
+
+
+def clip_headline(cmp) -> Headline:
+    text = f"recommended: {cmp.recommended}" if cmp.recommended else "no strategy trained without diverging"
+    return Headline(text, list(cmp.reasons))
+
+
+def train_table(result, title: str) -> Table:
+    columns = ["iteration", "test loss", "spectral radius", "sigma_max", "top Lyapunov", "grad norm at t=0"]
+    rows = [[str(d.iteration), fmt_num(d.test_loss, ".4g"), fmt_num(d.layers[0].spectral_radius),
+             fmt_num(d.layers[0].sigma_max), fmt_num(d.layers[0].top_lyapunov, "+.4f"),
+             fmt_num(d.grad_norm_per_step[0])] for d in result.history.diag]
+    return Table(title, columns, rows)
+
+
+def train_headline(result) -> Headline:
+    h = result.history
+    if h.stopped:
+        return Headline(f"stopped: {h.stopped}", [])
+    fired = 100 * (sum(h.clipped) / max(len(h.clipped), 1))
+    return Headline(f"final test loss {fmt_num(result.test_loss, '.4g')} (baseline {fmt_num(result.baseline, '.4g')}) "
+                    f"after {h.iterations} iterations; clipping fired in {fired:.0f}% of them", [])
 
 
 def _color(i: int) -> str:
@@ -21,22 +100,22 @@ def _finite(a) -> np.ndarray:
 def _loss_axes(ax, baseline):
     if baseline is not None:
         ax.axhline(baseline, color="grey", ls=":", lw=1, label=f"baseline {baseline:.3g}")
-    _finish(ax, log_y=True, xlabel="iteration", ylabel="training loss", legend=7)
+    finish_axes(ax, log_y=True, xlabel="iteration", ylabel="training loss", legend=7)
 
 
 def init_figures(cmp) -> dict:
     figs = {}
-    fig, ax = _new()
+    fig, ax = new_axes()
     for i, r in enumerate(cmp.results):
         fl = r.at_init.gradient_flow
         y = fl.median_last_step - fl.median_last_step[-1]
         t, yy = thin(np.arange(y.size), y)
         ax.plot(t, yy, color=_color(i), lw=1.3, label=r.scheme)
     ax.axhline(np.log10(cmp.results[0].at_init.gradient_flow.horizon.factor), color="grey", ls=":", lw=1)
-    _finish(ax, xlabel="timestep t", ylabel="log10 ||dL/dh_t|| relative to the last step",
+    finish_axes(ax, xlabel="timestep t", ylabel="log10 ||dL/dh_t|| relative to the last step",
             title="Gradient flow at initialization", legend=7)
     figs["grad_flow_at_init"] = fig
-    fig, ax = _new()
+    fig, ax = new_axes()
     names = [r.scheme for r in cmp.results]
     ax.bar(names, [r.at_init.gradient_flow.horizon.steps for r in cmp.results],
            color=[_color(i) for i in range(len(names))])
@@ -47,7 +126,7 @@ def init_figures(cmp) -> dict:
     ax.legend(fontsize=7)
     figs["horizon_at_init"] = fig
     if any(r.trained is not None for r in cmp.results):
-        fig, ax = _new()
+        fig, ax = new_axes()
         for i, r in enumerate(cmp.results):
             if r.trained is not None and r.trained.history.loss:
                 loss = _finite(r.trained.history.loss)
@@ -61,7 +140,7 @@ def init_figures(cmp) -> dict:
 
 def clip_figures(cmp) -> dict:
     figs = {}
-    fig, ax = _new()
+    fig, ax = new_axes()
     for i, r in enumerate(cmp.runs):
         loss = _finite(r.trained.history.loss)
         if loss.size:
@@ -70,7 +149,7 @@ def clip_figures(cmp) -> dict:
     _loss_axes(ax, cmp.runs[0].trained.baseline)
     ax.set_title("Training loss per clipping strategy")
     figs["loss_per_strategy"] = fig
-    fig, ax = _new()
+    fig, ax = new_axes()
     for i, r in enumerate(cmp.runs):
         norms = np.asarray(r.stats.norms)
         norms = norms[np.isfinite(norms) & (norms > 0)]
@@ -78,10 +157,10 @@ def clip_figures(cmp) -> dict:
             ax.hist(np.log10(norms), bins=40, histtype="step", color=_color(i), label=r.label)
             if r.strategy in ("global_norm",) and r.threshold:
                 ax.axvline(np.log10(r.threshold), color=_color(i), ls="--", lw=1)
-    _finish(ax, xlabel="log10 pre-clip global gradient norm (dashed: threshold)", ylabel="iterations",
+    finish_axes(ax, xlabel="log10 pre-clip global gradient norm (dashed: threshold)", ylabel="iterations",
             title="Gradient norm distribution", legend=7)
     figs["grad_norm_distribution"] = fig
-    fig, ax = _new()
+    fig, ax = new_axes()
     labels = [r.label for r in cmp.runs]
     ax.bar(labels, [r.stats.fraction_clipped for r in cmp.runs], color=[_color(i) for i in range(len(labels))])
     ax.set_ylabel("fraction of iterations clipped")
@@ -101,32 +180,32 @@ def clip_figures(cmp) -> dict:
 def train_figures(result) -> dict:
     figs = {}
     h = result.history
-    fig, ax = _new()
+    fig, ax = new_axes()
     if h.loss:
         loss = _finite(h.loss)
         t, yy = thin(np.arange(loss.size), loss)
         ax.plot(t, yy, lw=1, color=_color(0), label="training loss")
-        tests = [(d["iteration"], d["test_loss"]) for d in h.diag if d.get("test_loss") is not None]
+        tests = [(d.iteration, d.test_loss) for d in h.diag if d.test_loss is not None]
         if tests:
             ax.plot(*zip(*tests), "o-", ms=3, color=_color(1), label="test loss")
     _loss_axes(ax, result.baseline)
     ax.set_title("Loss")
     figs["loss"] = fig
-    fig, ax = _new()
+    fig, ax = new_axes()
     if h.grad_norm:
         g = _finite(h.grad_norm)
         t, g1, g2 = thin(np.arange(g.size), g, _finite(h.grad_norm_clipped))
         ax.plot(t, g1, lw=0.8, color=_color(1), label="before clipping")
         ax.plot(t, g2, lw=0.8, color=_color(0), label="after clipping")
         ax.set_yscale("log")
-    _finish(ax, xlabel="iteration", ylabel="global gradient norm", title="Gradient norm", legend=7)
+    finish_axes(ax, xlabel="iteration", ylabel="global gradient norm", title="Gradient norm", legend=7)
     figs["grad_norm_over_training"] = fig
     if h.diag:
-        its = [d["iteration"] for d in h.diag]
-        rows = np.array([d["grad_norm_per_step"] for d in h.diag], dtype=float)
+        its = [d.iteration for d in h.diag]
+        rows = np.array([d.grad_norm_per_step for d in h.diag], dtype=float)
         with np.errstate(divide="ignore"):
             heat = np.log10(np.where(rows > 0, rows, np.nan))
-        fig, ax = _new(7.0, 4.0)
+        fig, ax = new_axes(7.0, 4.0)
         finite = heat[np.isfinite(heat)]
         norm = Normalize(*(np.percentile(finite, [1, 99]) if finite.size else (0, 1)))
         im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", norm=norm, interpolation="nearest")
@@ -137,13 +216,13 @@ def train_figures(result) -> dict:
         ax.set_title("log10 ||dL/dh_t|| over training")
         fig.colorbar(im, ax=ax, label="log10 ||dL/dh_t||")
         figs["grad_norm_heatmap"] = fig
-        fig, ax = _new()
-        for k in range(len(h.diag[0]["layers"])):
-            ax.plot(its, [d["layers"][k]["spectral_radius"] for d in h.diag], "o-", ms=3, color=_color(k),
+        fig, ax = new_axes()
+        for k in range(len(h.diag[0].layers)):
+            ax.plot(its, [d.layers[k].spectral_radius for d in h.diag], "o-", ms=3, color=_color(k),
                     label=f"layer {k} spectral radius")
-            ax.plot(its, [d["layers"][k]["sigma_max"] for d in h.diag], "s--", ms=3, color=_color(k),
+            ax.plot(its, [d.layers[k].sigma_max for d in h.diag], "s--", ms=3, color=_color(k),
                     label=f"layer {k} sigma_max")
         ax.axhline(1.0, color="grey", ls=":", lw=1)
-        _finish(ax, xlabel="iteration", title="Recurrent weights over training", legend=7)
+        finish_axes(ax, xlabel="iteration", title="Recurrent weights over training", legend=7)
         figs["spectral_radius_over_training"] = fig
     return figs

@@ -36,13 +36,13 @@ def thin(t: np.ndarray, *ys: np.ndarray, max_points: int = MAX_POINTS):
     return (t[idx], *(y[idx] for y in ys))
 
 
-def _new(width=7.0, height=3.6) -> tuple[Figure, object]:
+def new_axes(width=7.0, height=3.6) -> tuple[Figure, object]:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
 
-def _finish(ax, *, xlabel: str, ylabel: str | None = None, title: str | None = None, legend: int | None = None,
+def finish_axes(ax, *, xlabel: str, ylabel: str | None = None, title: str | None = None, legend: int | None = None,
             legend_loc: str = "best", log_y: bool = False) -> None:
     """The labels, legend and grid every figure here ends with."""
     if log_y:
@@ -59,7 +59,7 @@ def _finish(ax, *, xlabel: str, ylabel: str | None = None, title: str | None = N
 
 def grad_norm_figure(diag) -> Figure:
     """||dL/dh_t|| per step: median and min-max band over the batch, log y."""
-    fig, ax = _new()
+    fig, ax = new_axes()
     g = diag.gradient_flow.grad_norm_per_sequence  # (T, B)
     t = np.arange(g.shape[0])
     with np.errstate(all="ignore"):
@@ -70,14 +70,14 @@ def grad_norm_figure(diag) -> Figure:
     ax.plot(tt, m, color=COLORS[0], lw=1.5, label="median")
     if np.isfinite(m).any():
         ax.set_yscale("log")
-    _finish(ax, xlabel="timestep t", ylabel="||dL/dh_t||", title=f"Gradient norm per timestep ({diag.loss})",
+    finish_axes(ax, xlabel="timestep t", ylabel="||dL/dh_t||", title=f"Gradient norm per timestep ({diag.loss})",
             legend=8)
     return fig
 
 
 def jacobian_product_figure(diag) -> Figure:
     """log10 ||d s_{T-1} / d s_t||_2 and the last-step gradient, per layer."""
-    fig, ax = _new()
+    fig, ax = new_axes()
     for ld in diag.layers:
         fl = ld.flow
         T = fl.log10_jacobian_product_norm.shape[0]
@@ -88,19 +88,20 @@ def jacobian_product_figure(diag) -> Figure:
         ax.plot(tt, y, color=COLORS[ld.layer % 6], lw=1, ls="--", label=f"layer {ld.layer}: last-step gradient (rel.)")
     fl = diag.gradient_flow
     ax.axhline(np.log10(fl.horizon.factor), color="grey", lw=0.8, ls=":", label=f"horizon factor {fl.horizon.factor:g}")
-    _finish(ax, xlabel="timestep t", ylabel="log10 norm", title="Jacobian products back from the last step", legend=8)
+    finish_axes(ax, xlabel="timestep t", ylabel="log10 norm", title="Jacobian products back from the last step",
+                legend=8)
     return fig
 
 
 def step_jacobian_figure(diag) -> Figure:
     """log10 ||J_t||_2 per step."""
-    fig, ax = _new()
+    fig, ax = new_axes()
     for ld in diag.layers:
         y = np.median(ld.flow.log10_step_jacobian_norm, axis=1)
         tt, yy = thin(np.arange(y.size), y)
         ax.plot(tt, 10.0**yy, color=COLORS[ld.layer % 6], lw=1.2, label=f"layer {ld.layer}")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    _finish(ax, xlabel="timestep t", ylabel="||J_t||_2", title="Per-step Jacobian spectral norm", legend=8)
+    finish_axes(ax, xlabel="timestep t", ylabel="||J_t||_2", title="Per-step Jacobian spectral norm", legend=8)
     return fig
 
 
@@ -122,20 +123,20 @@ def eigenvalue_figure(diag) -> Figure:
 
 
 def singular_value_figure(diag) -> Figure:
-    fig, ax = _new()
+    fig, ax = new_axes()
     for ld in diag.layers:
         mats = {ld.spectrum.recurrent.name: ld.spectrum.recurrent, **{m.name: m for m in ld.spectrum.blocks.values()}}
         for j, (name, sp) in enumerate(mats.items()):
             ax.plot(np.arange(1, sp.singular_values.size + 1), sp.singular_values, lw=1.2,
                     color=COLORS[(ld.layer + j) % 6], ls="-" if j == 0 else "--", label=f"layer {ld.layer} {name}")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    _finish(ax, log_y=True, xlabel="index", ylabel="singular value", title="Singular values of the recurrent weights",
-            legend=7)
+    finish_axes(ax, log_y=True, xlabel="index", ylabel="singular value",
+                title="Singular values of the recurrent weights", legend=7)
     return fig
 
 
 def lyapunov_figure(diag) -> Figure:
-    fig, ax = _new()
+    fig, ax = new_axes()
     for ld in diag.layers:
         ly = ld.lyapunov
         if ly is None:
@@ -145,7 +146,7 @@ def lyapunov_figure(diag) -> Figure:
         ax.errorbar(i, ex, yerr=ly.spread, fmt="o-", ms=3, lw=1, color=COLORS[ld.layer % 6],
                     label=f"layer {ld.layer} (mean ± sd over {len(ly.batch)} seq.)")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
-    _finish(ax, xlabel="exponent index", ylabel="nats per step", title="Lyapunov spectrum", legend=8)
+    finish_axes(ax, xlabel="exponent index", ylabel="nats per step", title="Lyapunov spectrum", legend=8)
     return fig
 
 

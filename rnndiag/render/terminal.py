@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -9,8 +12,12 @@ from rich.text import Text
 VERDICT_STYLE = {"vanishing": "bold blue", "exploding": "bold red", "healthy": "bold green"}
 
 
-def _fmt(v, spec: str, none: str = "n/a") -> str:
-    return none if v is None else format(v, spec)
+def fmt_num(value, spec: str = ".3g") -> str:
+    """A number as tables and summaries show it: ``format(value, spec)``, and ``n/a`` for None or NaN (no value);
+    an infinity stays one (a dead unit's Lyapunov exponent, an overflowed norm)."""
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
 
 
 def summary(console: Console, diag, report_path: str | None = None) -> None:
@@ -35,16 +42,16 @@ def summary(console: Console, diag, report_path: str | None = None) -> None:
         row = [
             str(ld.layer),
             Text(ld.verdict, style=VERDICT_STYLE.get(ld.verdict, "")),
-            f"{ld.spectrum.spectral_radius:.3g}",
-            f"{ld.spectrum.sigma_max:.3g}",
+            fmt_num(ld.spectrum.spectral_radius),
+            fmt_num(ld.spectrum.sigma_max),
             f"{hz.steps}{'+' if hz.censored else ''} / {diag.seq_len}",
-            _fmt(ld.flow.fit.rate, "+.4f"),
-            _fmt(ld.lyapunov.top if ld.lyapunov else None, "+.4f"),
+            fmt_num(ld.flow.fit.rate, "+.4f"),
+            fmt_num(ld.lyapunov.top if ld.lyapunov else None, "+.4f"),
         ]
         if gated:
             sat = {k: s.left_saturated + s.right_saturated for k, s in ld.gates.gates.items() if s.kind == "sigmoid"}
             row.append(", ".join(f"{k} {100 * v:.0f}%" for k, v in sat.items()))
-            row.append(_fmt(ld.gates.memory_timescale, ".3g"))
+            row.append(fmt_num(ld.gates.memory_timescale))
         table.add_row(*row)
     console.print(table)
     for title, items, style in (("advice", diag.advice, "bold"), ("caveats", diag.caveats, "yellow"),

@@ -1,0 +1,204 @@
+"""``rnndiag analyze``: diagnose one model on one batch and write its report."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..cells import CELLS
+from ..model import RNNModel
+from ..tasks import TASKS, AnalysedLoss, Problem
+from .output import Report, emit, output_options, output_request
+from .requests import InputError, ModelRequest, given_options, init_option, library_errors, weights_options
+
+# the built-in demo: a tanh RNN with the seed tutorial's 0.01*randn initialization on the adding problem
+DEMO_CELL, DEMO_INIT, DEMO_TASK = "rnn_tanh", "tutorial", "adding"
+DEFAULT_HIDDEN, DEFAULT_INIT = 64, "pytorch"
+# typing any of these (or --weights, --input, --task) leaves the demo
+MODEL_CHOICES = ("cell", "init_name", "input_size", "hidden_size", "num_layers", "gain", "forget_bias")
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What the model runs on: an input file, or a task's batch (and its loss, where ``loss`` allows)."""
+
+    input_path: Path | None
+    task: str | None  # the task asked for; None: the demo's (noise where the model's input size does not fit)
+    seq_len: int
+    batch_size: int
+    loss: str | None  # --loss: "last" or "all"; None: the task's own
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    """Everything ``rnndiag analyze`` was asked, checked (the output part: see :func:`output_request`)."""
+
+    model: ModelRequest
+    data: DataRequest
+    horizon_factor: float
+    formats: str
+    json_to: str | None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The batch the analysis runs on, and how to say and reproduce where it came from."""
+
+    x: np.ndarray
+    problem: Problem | None  # None: an input file (the probe loss)
+    label: str
+    command_args: tuple[str, ...]
+
+
+def analyze_request(opts: dict) -> AnalyzeRequest:
+    given = given_options()
+    demo = opts["weights"] is None and opts["input_path"] is None and opts["task"] is None and \
+        not given.intersection(MODEL_CHOICES)
+    model = ModelRequest.from_options(opts, given, default_cell=DEMO_CELL, hidden_size=DEFAULT_HIDDEN,
+                                      num_layers=1, init=DEMO_INIT if demo else DEFAULT_INIT)
+    if opts["input_path"] is not None and opts["task"] is not None:
+        raise InputError("--input and --task both give inputs; pass one of them")
+    data = DataRequest(opts["input_path"], opts["task"].lower() if opts["task"] else None, opts["seq_len"],
+                       opts["batch_size"], opts["loss"].lower() if opts["loss"] else None)
+    return AnalyzeRequest(model, data, opts["horizon_factor"], opts["formats"], opts["json_to"])
+
+
+def build_model(request: AnalyzeRequest) -> tuple[RNNModel, np.ndarray | None]:
+    """The model, and the input file's array when it had to be read to size a fresh model."""
+    from ..inputs import load_input
+    from ..tasks import input_size as task_input_size
+
+    req, data = request.model, request.data
+    if req.weights is not None or req.input_size is not None:
+        return req.build(), None
+    if data.input_path is not None:  # a fresh model sized by the input file: read it once, keep it
+        x = load_input(data.input_path, req.dtype or np.float64)
+        return req.build(x.shape[2]), x
+    return req.build(task_input_size(data.task or DEMO_TASK)), None
+
+
+def build_inputs(data: DataRequest, model: RNNModel, seed: int, file_x: np.ndarray | None) -> Inputs:
+    from ..inputs import load_input
+    from ..tasks import input_size as task_input_size
+    from ..tasks import task_problem
+
+    if data.input_path is not None:
+        x = load_input(data.input_path, model.dtype) if file_x is None else file_x.astype(model.dtype, copy=False)
+        if x.shape[2] != model.input_size:
+            raise InputError(f"input file {str(data.input_path)!r} has {x.shape[2]} input channels (shape "
+                             f"{x.shape}); the model takes {model.input_size}")
+        return Inputs(x, None, f"{data.input_path} (shape {x.shape})", ("--input", str(data.input_path)))
+    task = data.task or DEMO_TASK
+    if task != "noise" and task_input_size(task) != model.input_size:
+        if data.task is not None:
+            raise InputError(f"task {task} feeds {task_input_size(task)} input channels but the model takes "
+                             f"{model.input_size}; use --task noise or --input FILE.npy")
+        task = "noise"
+    problem = task_problem(task, data.seq_len, data.batch_size, seed, model.hidden_size,
+                           input_size=model.input_size, dtype=model.dtype)
+    T, B, _ = problem.x.shape
+    return Inputs(problem.x, problem, f"task {task}, T = {T}, B = {B}, seed {seed}",
+                  ("--task", task, "--seq-len", str(data.seq_len), "--batch-size", str(data.batch_size)))
+
+
+def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
+    """The library call: the task's loss through its readout, or the probe; returns (Diagnosis, AnalysedLoss)."""
+    from ..analysis import analyze as run_analysis
+    from ..experiments import diagnose_problem
+
+    seed, steps = request.model.seed, request.data.loss
+    if inputs.problem is not None:
+        return diagnose_problem(model, inputs.problem, seed, steps=steps, horizon_factor=request.horizon_factor)
+    loss = AnalysedLoss.probe(steps or "last", "seeded random unit vectors")
+    diag = run_analysis(model, inputs.x, loss=loss.steps, seed=seed, horizon_factor=request.horizon_factor,
+                        loss_label=loss.label)
+    return diag, loss
+
+
+@click.command("analyze")
+@weights_options
+@click.option("--cell", type=click.Choice(CELLS, case_sensitive=False), default=None,
+              help="Cell type (inferred from --weights except rnn_relu). [default for a fresh model: rnn_tanh]")
+@click.option("--input-size", type=click.IntRange(min=1), default=None,
+              help="Input size of a fresh model. [default: what the task feeds]")
+@click.option("--hidden-size", type=click.IntRange(min=1), default=None,
+              help=f"Hidden size of a fresh model. [default: {DEFAULT_HIDDEN}]")
+@click.option("--num-layers", type=click.IntRange(min=1), default=None, help="Stacked layers. [default: 1]")
+@init_option(None, f"Initialization of a fresh model. [default: {DEFAULT_INIT}; the demo uses {DEMO_INIT}]")
+@click.option("--gain", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Gain of the init (orthogonal, xavier, kaiming) or scale of identity.")
+@click.option("--forget-bias", type=float, default=None, help="LSTM forget-gate bias.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the weights, the task data and the probe.")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
+              help="Inputs as a .npy array of shape (T, B, I) instead of a task.")
+@click.option("--task", type=click.Choice(TASKS, case_sensitive=False), default=None,
+              help=f"Generated inputs (and their loss on a seeded readout). [default: {DEMO_TASK}; noise if the "
+                   "model's input size does not fit the task]")
+@click.option("--seq-len", type=click.IntRange(min=1), default=100, show_default=True, help="Sequence length T.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size B.")
+@click.option("--loss", type=click.Choice(("last", "all"), case_sensitive=False), default=None,
+              help="Inject the gradient at the last step or at every step: the task's loss where it looks there, "
+                   "else the probe loss. [default: the task's own]")
+@click.option("--horizon-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=1e-3,
+              show_default=True, help="Horizon: steps back until the gradient falls below this factor.")
+@output_options("<cell>")
+@click.option("--dtype", type=click.Choice(("float64", "float32")), default=None,
+              help="Compute dtype. [default: float64 for fresh models; a file's own dtype]")
+def analyze_cmd(**opts):
+    """Diagnose vanishing / exploding gradients of a recurrent network and write a report.
+
+    With no options it runs the built-in demo: a tanh RNN with the seed tutorial's 0.01*randn initialization on
+    the adding problem (T = 100), whose gradient vanishes within a few steps.
+
+    \b
+    Examples:
+      rnndiag analyze
+      rnndiag analyze --weights model.npz --task noise --seq-len 500
+      rnndiag analyze --weights lstm.pt --prefix encoder.rnn --input batch.npy
+      rnndiag analyze --cell rnn_tanh --init orthogonal --gain 2 --task adding --out reports/orth2
+      rnndiag analyze --cell lstm --forget-bias 1 --json - --format none
+    """
+    from ..render.figures import all_figures
+    from ..render.html import render_html
+    from ..render.terminal import summary
+
+    t_start = time.perf_counter()
+    request = analyze_request(opts)
+    with library_errors():
+        model, file_x = build_model(request)
+        inputs = build_inputs(request.data, model, request.model.seed, file_x)
+        output = output_request(out=opts["out"], formats=request.formats, json_to=request.json_to,
+                                force=opts["force"], quiet=opts["quiet"], name=model.cell)
+        console = output.console()
+        model_s = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        with console.status("analysing (BPTT, Jacobian products, Lyapunov exponents)...", spinner="dots"):
+            diag, loss = diagnose(request, model, inputs)
+        analysis_s = time.perf_counter() - t0
+    command = shlex.join(["rnndiag", "analyze", *request.model.command_args(model), *inputs.command_args,
+                          *(["--loss", request.data.loss] if request.data.loss else []),
+                          "--horizon-factor", repr(request.horizon_factor),
+                          *(["--dtype", request.model.dtype] if request.model.dtype else [])])
+    metrics = {**diag.to_dict(), "loss_detail": loss.detail, "input": inputs.label, "command": command}
+    if request.model.weights is not None:
+        model_label = f"{model.describe()} from {request.model.weights}"
+    else:
+        model_label = f"{model.describe()}, init {model.init}, seed {request.model.seed}"
+    config = {"model_label": model_label, "command": command, "rows": [
+        ("model", model_label), ("cell", diag.cell), ("input size", diag.input_size),
+        ("hidden size", diag.hidden_size), ("layers", diag.num_layers), ("init", diag.init),
+        ("seed", request.model.seed), ("input", inputs.label), ("loss", loss.detail), ("dtype", diag.dtype),
+        ("horizon factor", request.horizon_factor)]}
+    written = emit(output, Report(metrics, lambda: all_figures(diag),
+                                  lambda pngs: render_html(diag, metrics, pngs, config)), console)
+    summary(console, diag, str(written.path) if written.path else None)
+    if not output.quiet:
+        console.print(f"[dim]done in {time.perf_counter() - t_start:.2f} s (model {model_s:.2f} s, analysis "
+                      f"{analysis_s:.2f} s, figures {written.figures_s:.2f} s, writing {written.writing_s:.2f} s)"
+                      "[/dim]")

@@ -1,0 +1,172 @@
+"""The one output pipeline of every command: its output options, checked before any work, and the report they
+ask for -- a folder staged and renamed into place (``rnndiag.files``), ``--json PATH`` beside it, ``--json -``
+on stdout -- with one rich console for everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from .._version import __version__
+from ..files import OutputError, check_out_dir, fresh_folder, write_atomic, write_report
+from .requests import InputError, one_line
+
+FORMATS = ("html", "png", "json")
+REPORTS = Path("reports")  # the default report folder, relative to where the command runs
+
+
+def output_options(folder: str):
+    """``--out``, ``--format``, ``--json``, ``--force``, ``--quiet``: the same for every command, whose default
+    report folder is ``reports/<folder>-<YYYYmmdd-HHMMSS>/``."""
+    opts = [
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help=f"Report folder. [default: reports/{folder}-<YYYYmmdd-HHMMSS>/]"),
+        click.option("--format", "formats", default="html,png,json", show_default=True,
+                     help="What to write: a comma-separated subset of html,png,json (or none)."),
+        click.option("--json", "json_to", default=None,
+                     help="Also write the metrics JSON: '-' for stdout, or a file path."),
+        click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out folder."),
+        click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json -)."),
+    ]
+
+    def decorate(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """Where a command's results go, checked before any work: a bad destination writes nothing."""
+
+    out: Path  # the report folder (written only when ``formats`` is not empty)
+    formats: tuple[str, ...]  # a subset of FORMATS; "json" also when --json names a file
+    json_path: Path | None  # --json PATH: the metrics there too
+    json_stdout: bool  # --json -: the metrics on stdout (and the terminal output on stderr)
+    force: bool
+    quiet: bool
+
+    def console(self) -> Console:
+        """The one console of a run (stderr when stdout carries the JSON)."""
+        return Console(stderr=self.json_stdout, quiet=self.quiet, highlight=False)
+
+    @property
+    def report_path(self) -> Path:
+        """What to point the user at: the HTML report, or the folder."""
+        return self.out / "report.html" if "html" in self.formats else self.out
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    parts = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    bad = [p for p in parts if p not in FORMATS]
+    if bad:
+        raise InputError(f"unknown --format {', '.join(bad)}: use a comma-separated subset of {','.join(FORMATS)} "
+                         "(or none)")
+    return parts
+
+
+def _json_path(json_to: str | None, force: bool) -> Path | None:
+    if json_to in (None, "-"):
+        return None
+    dest = Path(json_to)
+    if dest.is_dir():
+        raise InputError(f"--json path {str(dest)!r} is a folder; give a file name such as metrics.json")
+    if dest.exists() and not force:
+        raise InputError(f"--json file {str(dest)!r} exists; pass --force or choose another path")
+    if not dest.parent.is_dir():
+        raise InputError(f"--json path {str(dest)!r}: folder {str(dest.parent)!r} does not exist; create it first")
+    return dest
+
+
+def output_request(*, out: Path | None, formats: str, json_to: str | None, force: bool, quiet: bool,
+                   name: str) -> OutputRequest:
+    """The checked output request of a command whose default report folder is ``reports/<name>-<time>``."""
+    chosen = parse_formats(formats)
+    json_path = _json_path(json_to, force)
+    if json_path is not None:  # --json PATH: metrics.json in the report too
+        chosen = tuple(sorted(set(chosen) | {"json"}))
+    out = out or fresh_folder(REPORTS, name)
+    if chosen:
+        try:
+            check_out_dir(out, force)
+        except OutputError as exc:
+            raise InputError(one_line(exc)) from None
+    return OutputRequest(out, chosen, json_path, json_to == "-", force, quiet)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a command hands to the output pipeline: its metrics, and how to draw its figures and HTML page (called
+    only for the formats asked for)."""
+
+    metrics: dict
+    figures: Callable[[], dict]  # name -> matplotlib Figure
+    html: Callable[[dict[str, bytes]], str]  # the PNGs by name -> the page
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path | None  # the report (None: nothing written)
+    figures_s: float
+    writing_s: float
+
+
+def emit(request: OutputRequest, report: Report, console: Console) -> Written:
+    """Write the report the request asks for and print ``--json -``; a write that fails is one line, exit 2."""
+    from ..render.figures import png_bytes
+
+    formats = request.formats
+    t0 = time.perf_counter()
+    pngs: dict[str, bytes] = {}
+    if {"png", "html"} & set(formats):
+        with console.status("drawing figures...", spinner="dots"):
+            pngs = {name: png_bytes(fig) for name, fig in report.figures().items()}
+    figures_s = time.perf_counter() - t0
+    files: dict[str, bytes] = {}
+    if "png" in formats:
+        files.update({f"{name}.png": data for name, data in pngs.items()})
+    if "html" in formats:
+        files["report.html"] = report.html(pngs).encode("utf-8")
+    if "json" in formats:
+        files["metrics.json"] = json.dumps(report.metrics, indent=1, allow_nan=False).encode("utf-8")
+    t0 = time.perf_counter()
+    if files:
+        try:
+            write_report(request.out, files, request.force)
+            if request.json_path is not None:
+                write_atomic(request.json_path, files["metrics.json"])
+        except (OSError, OutputError) as exc:
+            raise InputError(f"cannot write the report to {str(request.out)!r}: {one_line(exc)}") from None
+    writing_s = time.perf_counter() - t0
+    if request.json_stdout:
+        click.echo(json.dumps(report.metrics, allow_nan=False))
+    return Written(request.report_path if files else None, figures_s, writing_s)
+
+
+def print_report_path(console: Console, written: Written) -> None:
+    if written.path is not None:
+        console.print(Text("report: ", style="bold").append(str(written.path)))
+
+
+def versioned(metrics: dict, command: str) -> dict:
+    """A comparison's metrics with the version first and the reproducing command last."""
+    return {"rnndiag_version": __version__, **metrics, "command": command}
+
+
+def progress_printer(console: Console) -> Callable[[str], None]:
+    def show(message: str) -> None:
+        console.print(Text(f"  {message}", style="dim"))
+
+    return show
