@@ -131,7 +131,7 @@ def run_seed(seed: int, steps: int, out: Path) -> dict:
                "optimizer": "sgd, momentum 0", "lr": LR, "steps": steps, "num_params": P,
                "budgets": {"value": VALUE, "same_worst_case": worst, "same_typical_step": typical},
                "verdict_at_init": {"verdict": diag.verdict, "detail": diag.verdict_detail,
-                                   "top_lyapunov": diag.layers[0].lyapunov.top if diag.layers[0].lyapunov else None},
+                                   "top_lyapunov": diag.layers[0].lyapunov.top},
                "runs": runs, "comparison": cmp.to_dict(), "wall_time_s": wall}
     from rnndiag.render.compare import clip_figures
 

@@ -15,15 +15,21 @@ import numpy as np
 from .cells import CELL_ALIASES, CELLS
 
 
+def check_choice(value: object, name: str, choices: tuple[str, ...], aliases: dict[str, str] | None = None) -> str:
+    """The canonical spelling of ``value``, one of ``choices`` (case-insensitive, ``-`` read as ``_``, with
+    ``aliases``): a ``TypeError`` for a non-string, a ``ValueError`` naming the choices for an unknown name."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {', '.join(choices)}; got {type(value).__name__}")
+    key = value.strip().lower().replace("-", "_")
+    key = (aliases or {}).get(key, key)
+    if key not in choices:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+    return key
+
+
 def check_cell(cell: object, name: str = "cell") -> str:
     """Return the canonical cell name for ``cell`` (case-insensitive, with aliases)."""
-    if not isinstance(cell, str):
-        raise TypeError(f"{name} must be a string, one of {', '.join(CELLS)}; got {type(cell).__name__}")
-    key = cell.strip().lower().replace("-", "_")
-    key = CELL_ALIASES.get(key, key)
-    if key not in CELLS:
-        raise ValueError(f"unknown {name} {cell!r}: choose one of {', '.join(CELLS)}")
-    return key
+    return check_choice(cell, name, CELLS, CELL_ALIASES)
 
 
 def check_positive_int(value: object, name: str) -> int:

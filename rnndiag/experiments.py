@@ -87,7 +87,7 @@ def summarize(d: Diagnosis) -> dict:
         "verdict": d.verdict, "verdict_detail": d.verdict_detail, "confidence": d.confidence,
         "spectral_radius": ld.spectrum.spectral_radius, "sigma_max": ld.spectrum.sigma_max,
         "horizon_steps": d.gradient_flow.horizon.steps, "horizon_censored": d.gradient_flow.horizon.censored,
-        "decay_per_step": d.gradient_flow.fit.rate, "top_lyapunov": ld.lyapunov.top if ld.lyapunov else None,
+        "decay_per_step": d.gradient_flow.fit.rate, "top_lyapunov": ld.lyapunov.top,
         "gate_saturation": sat, "hidden_saturated": gs.hidden_saturated, "advice": list(d.advice),
     })
 
@@ -153,7 +153,7 @@ def compare_inits(cell: str, input_size: int, hidden_size: int, *, schemes, num_
         rule = ("at initialization: healthy before vanishing before exploding, then the longer gradient horizon, "
                 "then the top Lyapunov exponent closer to 0")
         key = lambda r: (SEVERITY[r.at_init.verdict], -r.at_init.gradient_flow.horizon.steps,  # noqa: E731
-                         abs(r.at_init.layers[0].lyapunov.top) if r.at_init.layers[0].lyapunov else math.inf)
+                         abs(r.at_init.layers[0].lyapunov.top))
     results.sort(key=key)
     return InitComparison(cell, input_size, hidden_size, num_layers, task, seq_len, seed, tuple(results), rule,
                           train_steps)

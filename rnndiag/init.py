@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ._validation import check_cell, check_dtype, check_positive_int, make_rng
+from ._validation import check_cell, check_choice, check_dtype, check_positive_int, make_rng
 from .cells import cell_module
 from .model import RNNModel, param_shapes
 
@@ -64,14 +64,8 @@ DEFAULT_GAIN = {"xavier_uniform": 1.0, "xavier_normal": 1.0, "kaiming_uniform": 
 
 
 def check_scheme(init: object) -> str:
-    """Canonical scheme name for ``init``."""
-    if not isinstance(init, str):
-        raise TypeError(f"init must be a string, one of {', '.join(SCHEMES)}; got {type(init).__name__}")
-    key = init.strip().lower().replace("-", "_")
-    key = SCHEME_ALIASES.get(key, key)
-    if key not in SCHEMES:
-        raise ValueError(f"unknown init {init!r}: choose one of {', '.join(SCHEMES)}")
-    return key
+    """Canonical scheme name for ``init`` (case-insensitive, with aliases such as ``he`` or ``irnn``)."""
+    return check_choice(init, "init", SCHEMES, SCHEME_ALIASES)
 
 
 def orthogonal(rng: np.random.Generator, rows: int, cols: int, gain: float = 1.0) -> np.ndarray:

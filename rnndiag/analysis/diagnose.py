@@ -46,7 +46,7 @@ class LayerDiagnosis:
     layer: int
     spectrum: WeightSpectrum
     flow: GradientFlow
-    lyapunov: LyapunovSpectrum | None
+    lyapunov: LyapunovSpectrum
     gates: GateStats
     verdict: str
     detail: str
@@ -62,13 +62,13 @@ class LayerDiagnosis:
             "rule": self.rule.to_dict(),
             "spectral_radius": self.spectrum.spectral_radius,
             "sigma_max": self.spectrum.sigma_max,
-            "lyapunov_exponents": list_or_none(ly.exponents) if ly is not None else [],
-            "lyapunov_top": finite_or_none(ly.top) if ly is not None else None,
+            "lyapunov_exponents": list_or_none(ly.exponents),
+            "lyapunov_top": finite_or_none(ly.top),
             "decay_per_step": finite_or_none(self.flow.fit.rate),
             "horizon_steps": self.flow.horizon.steps,
             "forget_bias": finite_or_none(self.forget_bias),
             "spectrum": self.spectrum.to_dict(),
-            "lyapunov": ly.to_dict() if ly is not None else None,
+            "lyapunov": ly.to_dict(),
             "gradient_flow": self.flow.to_dict(),
             "gates": self.gates.to_dict(),
         }

@@ -65,7 +65,7 @@ class GateStats:
             ts = self.unit_timescales
             d.update(memory_gate=self.memory_gate, memory_gate_mean=finite_or_none(self.memory_gate_mean),
                      memory_timescale_steps=finite_or_none(self.memory_timescale),
-                     unit_timescale_median=finite_or_none(np.median(ts)) if ts is not None else None)
+                     unit_timescale_median=finite_or_none(np.median(ts)))
         return d
 
 

@@ -58,7 +58,7 @@ class RuleHit:
                 "threshold": self.threshold, "text": self.text}
 
 
-def layer_verdict(layer: int, seq_len: int, flow, lyap_top: float | None, nonfinite_step: int | None,
+def layer_verdict(layer: int, seq_len: int, flow, lyap_top: float, nonfinite_step: int | None,
                   nonfinite_kind: str | None) -> tuple[str, str, RuleHit]:
     """(verdict, detail, the rule that fired) for one layer."""
     th = THRESHOLDS
@@ -77,7 +77,7 @@ def layer_verdict(layer: int, seq_len: int, flow, lyap_top: float | None, nonfin
         return "exploding", f"gradient grows 10^{max_growth:.1f} over {k} steps", RuleHit(
             "growth", layer, "exploding", max_growth, math.log10(th["growth_factor"]), text)
     rate = flow.fit.rate
-    if lyap_top is not None and lyap_top > th["lyapunov_chaos"] and rate is not None and rate > 0:
+    if lyap_top > th["lyapunov_chaos"] and rate is not None and rate > 0:
         text = (f"top Lyapunov exponent {lyap_top:+.3f} nats/step > {th['lyapunov_chaos']} and the gradient "
                 f"grows {rate:+.4f} log10/step")
         return "exploding", "expanding (chaotic) dynamics", RuleHit(
@@ -89,7 +89,7 @@ def layer_verdict(layer: int, seq_len: int, flow, lyap_top: float | None, nonfin
         return "vanishing", f"horizon {hz.steps} of {seq_len} steps", RuleHit(
             "horizon", layer, "vanishing", float(hz.steps), float(seq_len), text)
     detail = "gradient reaches the start of the sequence"
-    if lyap_top is not None and abs(lyap_top) < th["edge_band"]:
+    if abs(lyap_top) < th["edge_band"]:
         detail = f"edge of chaos (top exponent {lyap_top:+.4f} nats/step)"
     text = f"the gradient stays within {hz.factor:g} of its value at the loss over all {seq_len} steps"
     return "healthy", detail, RuleHit("healthy", layer, "healthy", None, None, text)
@@ -102,9 +102,9 @@ def advice(diag_layers, cell: str, seq_len: int, verdict: str, suggested_clip: f
     out: list[str] = []
     gated = is_gated(cell)
     for ld in diag_layers:
-        sp, fl, ly, gs = ld.spectrum, ld.flow, ld.lyapunov, ld.gates
+        sp, fl, gs = ld.spectrum, ld.flow, ld.gates
         tag = f"layer {ld.layer}: " if len(diag_layers) > 1 else ""
-        top = ly.top if ly is not None else None
+        top = ld.lyapunov.top
         if ld.verdict == "vanishing":
             hz = fl.horizon
             if not gated and sp.sure_to_vanish:
@@ -120,7 +120,7 @@ def advice(diag_layers, cell: str, seq_len: int, verdict: str, suggested_clip: f
                            f"(rnndiag train) before changing the architecture")
         if ld.verdict == "exploding":
             bits = [f"sigma_max {sp.sigma_max:.3g}"]
-            if top is not None and math.isfinite(top):
+            if math.isfinite(top):
                 bits.append(f"top Lyapunov exponent {top:+.3f}")
             clip = f"; suggested threshold {suggested_clip:.3g} (the global gradient norm of a " \
                    f"{th['clip_window']}-step truncated BPTT of the same loss)" if suggested_clip else ""
@@ -129,21 +129,19 @@ def advice(diag_layers, cell: str, seq_len: int, verdict: str, suggested_clip: f
             if not gated and sp.sigma_max > 1.0:
                 out.append(f"{tag}scale W_hh down: orthogonal init with gain 1 puts sigma_max at 1 "
                            f"(now {sp.sigma_max:.3g})")
-        if gs is not None:
-            fb = ld.forget_bias  # None unless the cell has a forget gate with a bias
-            if fb is not None and fb < th["forget_bias_low"]:
-                out.append(f"{tag}forget-gate bias {fb:.2f} -> set 1 (Jozefowicz et al. 2015); the forget gate "
-                           f"averages {gs.memory_gate_mean:.2f}, a memory of about {gs.memory_timescale:.1f} steps")
-        if gs is not None and gs.hidden_saturated is not None and gs.hidden_saturated > th["hidden_saturation"]:
+        fb = ld.forget_bias  # None unless the cell has a forget gate with a bias
+        if fb is not None and fb < th["forget_bias_low"]:
+            out.append(f"{tag}forget-gate bias {fb:.2f} -> set 1 (Jozefowicz et al. 2015); the forget gate "
+                       f"averages {gs.memory_gate_mean:.2f}, a memory of about {gs.memory_timescale:.1f} steps")
+        if gs.hidden_saturated is not None and gs.hidden_saturated > th["hidden_saturation"]:
             out.append(f"{tag}{100 * gs.hidden_saturated:.0f}% of hidden values are saturated (|h| > 0.9): scale "
                        f"the inputs or the input weights down")
-        if gs is not None:
-            for name, st in gs.gates.items():
-                sat = st.left_saturated + st.right_saturated
-                if st.kind == "sigmoid" and sat > th["gate_saturation"]:
-                    out.append(f"{tag}gate {name} is saturated {100 * sat:.0f}% of the time "
-                               f"({100 * st.left_saturated:.0f}% < 0.1, {100 * st.right_saturated:.0f}% > 0.9): "
-                               f"its gradient is near zero there")
+        for name, st in gs.gates.items():
+            sat = st.left_saturated + st.right_saturated
+            if st.kind == "sigmoid" and sat > th["gate_saturation"]:
+                out.append(f"{tag}gate {name} is saturated {100 * sat:.0f}% of the time "
+                           f"({100 * st.left_saturated:.0f}% < 0.1, {100 * st.right_saturated:.0f}% > 0.9): "
+                           f"its gradient is near zero there")
     if verdict == "healthy" and not out:
         norm = f" at about {global_norm:.3g}" if global_norm else ""
         out.append(f"no change needed for sequences of {seq_len} steps; keep global-norm clipping{norm} as a "

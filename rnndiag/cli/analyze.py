@@ -13,7 +13,7 @@ import numpy as np
 from ..cells import CELLS
 from ..model import RNNModel
 from ..tasks import TASKS, AnalysedLoss, Problem
-from .output import Report, emit, output_options, output_request
+from .output import OutputRequest, Report, emit, output_options, output_request
 from .requests import InputError, ModelRequest, given_options, init_option, library_errors, weights_options
 
 # the built-in demo: a tanh RNN with the seed tutorial's 0.01*randn initialization on the adding problem
@@ -41,8 +41,7 @@ class AnalyzeRequest:
     model: ModelRequest
     data: DataRequest
     horizon_factor: float
-    formats: str
-    json_to: str | None
+    output: OutputRequest
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,9 @@ def analyze_request(opts: dict) -> AnalyzeRequest:
         raise InputError("--input and --task both give inputs; pass one of them")
     data = DataRequest(opts["input_path"], opts["task"].lower() if opts["task"] else None, opts["seq_len"],
                        opts["batch_size"], opts["loss"].lower() if opts["loss"] else None)
-    return AnalyzeRequest(model, data, opts["horizon_factor"], opts["formats"], opts["json_to"])
+    output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"], force=opts["force"],
+                            quiet=opts["quiet"])
+    return AnalyzeRequest(model, data, opts["horizon_factor"], output)
 
 
 def build_model(request: AnalyzeRequest) -> tuple[RNNModel, np.ndarray | None]:
@@ -170,12 +171,11 @@ def analyze_cmd(**opts):
 
     t_start = time.perf_counter()
     request = analyze_request(opts)
+    output = request.output
+    console = output.console()
     with library_errors():
         model, file_x = build_model(request)
         inputs = build_inputs(request.data, model, request.model.seed, file_x)
-        output = output_request(out=opts["out"], formats=request.formats, json_to=request.json_to,
-                                force=opts["force"], quiet=opts["quiet"], name=model.cell)
-        console = output.console()
         model_s = time.perf_counter() - t_start
         t0 = time.perf_counter()
         with console.status("analysing (BPTT, Jacobian products, Lyapunov exponents)...", spinner="dots"):
@@ -196,7 +196,7 @@ def analyze_cmd(**opts):
         ("seed", request.model.seed), ("input", inputs.label), ("loss", loss.detail), ("dtype", diag.dtype),
         ("horizon factor", request.horizon_factor)]}
     written = emit(output, Report(metrics, lambda: all_figures(diag),
-                                  lambda pngs: render_html(diag, metrics, pngs, config)), console)
+                                  lambda pngs: render_html(diag, metrics, pngs, config)), console, model.cell)
     summary(console, diag, str(written.path) if written.path else None)
     if not output.quiet:
         console.print(f"[dim]done in {time.perf_counter() - t_start:.2f} s (model {model_s:.2f} s, analysis "

@@ -70,7 +70,7 @@ def init_cmd(**opts):
                                           num_layers=1, init="pytorch")
     training = TrainingRequest.from_options(opts)
     output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"], force=opts["force"],
-                            quiet=opts["quiet"], name=f"init-{model_req.cell}")
+                            quiet=opts["quiet"])
     console = output.console()
     with library_errors():
         schemes = _parse_schemes(opts["schemes"])
@@ -90,7 +90,7 @@ def init_cmd(**opts):
               ("task", f"{cmp.task}, T = {cmp.seq_len}"), ("seed", cmp.seed), ("train steps", cmp.train_steps)]
     report = comparison_report("init", f"{cmp.cell} on {cmp.task}", table, headline, config, command,
                                versioned(cmp.to_dict(), command), lambda: init_figures(cmp))
-    print_report_path(console, emit(output, report, console))
+    print_report_path(console, emit(output, report, console, f"init-{cmp.cell}"))
 
 
 @click.command("clip")
@@ -117,12 +117,12 @@ def clip_cmd(**opts):
     model_req = ModelRequest.from_options(opts, given_options(), default_cell="rnn_tanh", hidden_size=32,
                                           num_layers=1, init="pytorch")
     training = TrainingRequest.from_options(opts)
+    output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"], force=opts["force"],
+                            quiet=opts["quiet"])
+    console = output.console()
     with library_errors():
         strategies = parse_strategies(opts["strategies"])
         model = training_model(model_req, training)
-        output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"],
-                                force=opts["force"], quiet=opts["quiet"], name=f"clip-{model.cell}")
-        console = output.console()
         base = TrainConfig(task=training.task, seq_len=training.seq_len, batch_size=training.batch_size,
                            steps=opts["steps"], optimizer=training.optimizer, lr=training.lr,
                            momentum=training.momentum, seed=training.seed)
@@ -136,7 +136,7 @@ def clip_cmd(**opts):
               ("seed", training.seed)]
     report = comparison_report("clip", f"{model.cell} on {training.task}", table, headline, config, command,
                                versioned(cmp.to_dict(), command), lambda: clip_figures(cmp))
-    print_report_path(console, emit(output, report, console))
+    print_report_path(console, emit(output, report, console, f"clip-{model.cell}"))
 
 
 def training_model(model_req: ModelRequest, training: TrainingRequest):

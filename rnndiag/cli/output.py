@@ -49,7 +49,7 @@ def output_options(folder: str):
 class OutputRequest:
     """Where a command's results go, checked before any work: a bad destination writes nothing."""
 
-    out: Path  # the report folder (written only when ``formats`` is not empty)
+    out: Path | None  # the report folder; None: a new one under reports/, named when it is written
     formats: tuple[str, ...]  # a subset of FORMATS; "json" also when --json names a file
     json_path: Path | None  # --json PATH: the metrics there too
     json_stdout: bool  # --json -: the metrics on stdout (and the terminal output on stderr)
@@ -60,10 +60,9 @@ class OutputRequest:
         """The one console of a run (stderr when stdout carries the JSON)."""
         return Console(stderr=self.json_stdout, quiet=self.quiet, highlight=False)
 
-    @property
-    def report_path(self) -> Path:
-        """What to point the user at: the HTML report, or the folder."""
-        return self.out / "report.html" if "html" in self.formats else self.out
+    def folder(self, name: str) -> Path:
+        """The report folder: ``--out``, or a new ``reports/<name>-<YYYYmmdd-HHMMSS>``."""
+        return self.out if self.out is not None else fresh_folder(REPORTS, name)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -90,17 +89,16 @@ def _json_path(json_to: str | None, force: bool) -> Path | None:
     return dest
 
 
-def output_request(*, out: Path | None, formats: str, json_to: str | None, force: bool, quiet: bool,
-                   name: str) -> OutputRequest:
-    """The checked output request of a command whose default report folder is ``reports/<name>-<time>``."""
+def output_request(*, out: Path | None, formats: str, json_to: str | None, force: bool,
+                   quiet: bool) -> OutputRequest:
+    """The output options, checked: a destination that cannot take the report is refused before any work."""
     chosen = parse_formats(formats)
     json_path = _json_path(json_to, force)
     if json_path is not None:  # --json PATH: metrics.json in the report too
         chosen = tuple(sorted(set(chosen) | {"json"}))
-    out = out or fresh_folder(REPORTS, name)
     if chosen:
-        try:
-            check_out_dir(out, force)
+        try:  # the default folder is new: reports/ itself must be (or can become) a writable folder
+            check_out_dir(out, force) if out is not None else check_out_dir(REPORTS, force=True)
         except OutputError as exc:
             raise InputError(one_line(exc)) from None
     return OutputRequest(out, chosen, json_path, json_to == "-", force, quiet)
@@ -123,8 +121,9 @@ class Written:
     writing_s: float
 
 
-def emit(request: OutputRequest, report: Report, console: Console) -> Written:
-    """Write the report the request asks for and print ``--json -``; a write that fails is one line, exit 2."""
+def emit(request: OutputRequest, report: Report, console: Console, name: str) -> Written:
+    """Write the report the request asks for (the default folder named ``name``-<time>) and print ``--json -``; a
+    write that fails is one line, exit 2."""
     from ..render.figures import png_bytes
 
     formats = request.formats
@@ -142,17 +141,20 @@ def emit(request: OutputRequest, report: Report, console: Console) -> Written:
     if "json" in formats:
         files["metrics.json"] = json.dumps(report.metrics, indent=1, allow_nan=False).encode("utf-8")
     t0 = time.perf_counter()
+    shown = None
     if files:
+        folder = request.folder(name)
         try:
-            write_report(request.out, files, request.force)
+            write_report(folder, files, request.force)
             if request.json_path is not None:
                 write_atomic(request.json_path, files["metrics.json"])
         except (OSError, OutputError) as exc:
-            raise InputError(f"cannot write the report to {str(request.out)!r}: {one_line(exc)}") from None
+            raise InputError(f"cannot write the report to {str(folder)!r}: {one_line(exc)}") from None
+        shown = folder / "report.html" if "html" in formats else folder
     writing_s = time.perf_counter() - t0
     if request.json_stdout:
         click.echo(json.dumps(report.metrics, allow_nan=False))
-    return Written(request.report_path if files else None, figures_s, writing_s)
+    return Written(shown, figures_s, writing_s)
 
 
 def print_report_path(console: Console, written: Written) -> None:

@@ -110,17 +110,17 @@ class ModelRequest:
         """From a command's options (``given``: those typed); the keyword arguments are the command's defaults
         for what was not given. Refuses fresh-model options next to ``--weights``, ``--prefix`` without it."""
         weights = opts.get("weights")
+        if weights is None and opts.get("prefix"):
+            raise InputError("--prefix applies to --weights only")
         if weights is not None:
             for name in FRESH_MODEL_OPTIONS:
                 if name in given:
                     raise InputError(f"{option_name(name)} describes a fresh model; it cannot be combined with "
                                      "--weights (sizes come from the file)")
-        elif opts.get("prefix"):
-            raise InputError("--prefix applies to --weights only")
-        cell = opts.get("cell")
-        if weights is not None:
-            cell = cell if "cell" in given else None  # the file's, unless --cell says (rnn_relu)
-        return cls(weights, opts.get("prefix"), cell or (None if weights is not None else default_cell),
+            cell = opts["cell"] if "cell" in given else None  # the file's, unless --cell says (rnn_relu)
+        else:
+            cell = opts.get("cell") or default_cell
+        return cls(weights, opts.get("prefix"), cell,
                    opts.get("input_size"), opts.get("hidden_size") or hidden_size,
                    opts.get("num_layers") or num_layers, opts.get("init_name") or init, opts.get("gain"),
                    opts.get("forget_bias"), opts.get("seed", 0), opts.get("dtype"))
@@ -141,13 +141,14 @@ class ModelRequest:
         if self.weights is not None:
             return ["--weights", str(self.weights), *(["--prefix", self.prefix] if self.prefix else []),
                     *(["--cell", model.cell] if self.cell else [])]
-        args = ["--cell", model.cell, "--init", self.init, "--input-size", str(model.input_size), "--hidden-size",
-                str(model.hidden_size), "--num-layers", str(model.num_layers), "--seed", str(self.seed)]
-        if self.gain is not None:
-            args += ["--gain", repr(self.gain)]
-        if self.forget_bias is not None:
-            args += ["--forget-bias", repr(self.forget_bias)]
-        return args
+        return ["--cell", model.cell, "--init", self.init, "--input-size", str(model.input_size), "--hidden-size",
+                str(model.hidden_size), "--num-layers", str(model.num_layers), "--seed", str(self.seed),
+                *self.init_args()]
+
+    def init_args(self) -> list[str]:
+        """``--gain`` and ``--forget-bias``, where given."""
+        return [*(["--gain", repr(self.gain)] if self.gain is not None else []),
+                *(["--forget-bias", repr(self.forget_bias)] if self.forget_bias is not None else [])]
 
 
 @dataclass(frozen=True)
@@ -183,9 +184,7 @@ def training_command(kind: str, model_req: ModelRequest, training: TrainingReque
     else:
         head = ["--cell", model_req.cell, "--hidden-size", str(model_req.hidden_size), "--num-layers",
                 str(model_req.num_layers)]
-        tail = [*(["--gain", repr(model_req.gain)] if model_req.gain is not None else []),
-                *(["--forget-bias", repr(model_req.forget_bias)] if model_req.forget_bias is not None else []),
-                *(["--init", model_req.init] if model is not None else [])]
+        tail = [*model_req.init_args(), *(["--init", model_req.init] if model is not None else [])]
     return shlex.join(["rnndiag", kind, *head, *training.command_args(), *tail, *extra])
 
 

@@ -72,13 +72,13 @@ def train_cmd(**opts):
     model_req = ModelRequest.from_options(opts, given_options(), default_cell="rnn_tanh", hidden_size=32,
                                           num_layers=1, init="pytorch")
     training = TrainingRequest.from_options(opts)
+    output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"], force=opts["force"],
+                            quiet=opts["quiet"])
+    console = output.console()
     clip_name, clip_threshold = _clip_spec(opts["clip_spec"])
     _check_checkpoint(opts["checkpoint"], opts["resume"], opts["force"])
     with library_errors():
         model = training_model(model_req, training)
-        output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"],
-                                force=opts["force"], quiet=opts["quiet"], name=f"train-{model.cell}")
-        console = output.console()
         cfg = TrainConfig(task=training.task, seq_len=training.seq_len, batch_size=training.batch_size,
                           steps=opts["steps"], optimizer=training.optimizer, lr=training.lr,
                           momentum=training.momentum, clip=clip_name, clip_threshold=clip_threshold,
@@ -109,6 +109,6 @@ def train_cmd(**opts):
     report = comparison_report("train", title, table, headline, config, command,
                                versioned({"cell": model.cell, **result.to_dict()}, command),
                                lambda: train_figures(result))
-    print_report_path(console, emit(output, report, console))
+    print_report_path(console, emit(output, report, console, f"train-{model.cell}"))
     if result.diverged:
         sys.exit(1)

@@ -39,7 +39,7 @@ def init_table(cmp) -> Table:
         hz = d.gradient_flow.horizon
         row = [str(i), r.label, d.verdict, fmt_num(ld.spectrum.spectral_radius), fmt_num(ld.spectrum.sigma_max),
                f"{hz.steps}{'+' if hz.censored else ''}", fmt_num(d.gradient_flow.fit.rate, "+.4f"),
-               fmt_num(ld.lyapunov.top if ld.lyapunov else None, "+.4f")]
+               fmt_num(ld.lyapunov.top, "+.4f")]
         if trained:
             row += [fmt_num(r.final_loss, ".4g"), r.after.verdict if r.after else "diverged", r.note or ""]
         rows.append(row)

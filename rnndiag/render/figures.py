@@ -139,8 +139,6 @@ def lyapunov_figure(diag) -> Figure:
     fig, ax = new_axes()
     for ld in diag.layers:
         ly = ld.lyapunov
-        if ly is None:
-            continue
         i = np.arange(1, ly.exponents.size + 1)
         ex = np.where(np.isfinite(ly.exponents), ly.exponents, np.nan)
         ax.errorbar(i, ex, yerr=ly.spread, fmt="o-", ms=3, lw=1, color=COLORS[ld.layer % 6],

@@ -46,7 +46,7 @@ def summary(console: Console, diag, report_path: str | None = None) -> None:
             fmt_num(ld.spectrum.sigma_max),
             f"{hz.steps}{'+' if hz.censored else ''} / {diag.seq_len}",
             fmt_num(ld.flow.fit.rate, "+.4f"),
-            fmt_num(ld.lyapunov.top if ld.lyapunov else None, "+.4f"),
+            fmt_num(ld.lyapunov.top, "+.4f"),
         ]
         if gated:
             sat = {k: s.left_saturated + s.right_saturated for k, s in ld.gates.gates.items() if s.kind == "sigmoid"}
