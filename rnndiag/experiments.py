@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis import Diagnosis, analyze
+from .analysis import HORIZON_FACTOR, Diagnosis, analyze
 from .analysis.verdict import SEVERITY
 from .clip import ClipStats, clip_stats
 from .engine import forward
@@ -29,7 +29,7 @@ LEARNED_FRACTION = 0.5  # final test loss below this fraction of the baseline: t
 
 
 def diagnose_problem(model: RNNModel, problem: Problem, seed: int, *, steps: str | None = None,
-                     horizon_factor: float = 1e-3) -> tuple[Diagnosis, AnalysedLoss]:
+                     horizon_factor: float = HORIZON_FACTOR) -> tuple[Diagnosis, AnalysedLoss]:
     """``analyze`` of ``model`` on the problem's batch with its loss (:meth:`Problem.analysed_loss`: the task's own
     through the problem's readout, or the probe where ``steps`` asks for other steps or the states overflowed);
     returns the diagnosis and the loss it differentiated."""

@@ -5,11 +5,12 @@ from .flow import GradientFlow, fit_decay, horizon, last_step_chain
 from .gates import GateStats, gate_stats
 from .jacobians import product_norms
 from .lyapunov import LyapunovSpectrum, lyapunov_spectrum
-from .settings import AnalysisSettings, probe_grad_h
+from .settings import HORIZON_FACTOR, AnalysisSettings, probe_grad_h
 from .spectral import MatrixSpectrum, WeightSpectrum, weight_spectra
 from .verdict import THRESHOLDS, RuleHit
 
 __all__ = [
+    "HORIZON_FACTOR",
     "THRESHOLDS",
     "AnalysisSettings",
     "Diagnosis",

@@ -24,7 +24,7 @@ from .flow import GradientFlow
 from .gates import GateStats
 from .lyapunov import LyapunovSpectrum
 from .measure import first_nonfinite, measure_layer, start_vectors
-from .settings import AnalysisSettings, analysis_settings, probe_grad_h, probe_vectors
+from .settings import HORIZON_FACTOR, AnalysisSettings, analysis_settings, probe_grad_h, probe_vectors
 from .spectral import WeightSpectrum, weight_spectra
 from .verdict import SEVERITY, THRESHOLDS, RuleHit, advice, layer_verdict
 
@@ -171,7 +171,7 @@ def analyze(
     grad_h=None,
     state0=None,
     seed: int | None = 0,
-    horizon_factor: float = 1e-3,
+    horizon_factor: float = HORIZON_FACTOR,
     batch_sample="auto",
     lyapunov_k: int | None = None,
     lyapunov_warmup: int | None = None,

@@ -26,6 +26,7 @@ MIN_LANCZOS = 5  # Lanczos steps before its stopping test may stop it (see _lanc
 CLUSTER = 1e-1  # top two Ritz values of P P^T closer than this (relative): the product's norm is proved or exact
 BLOCK_ELEMENTS = 2**16  # steps x sequences x S per block of factors (a few MB, with their temporaries)
 FORMED_ELEMENTS = 2**19  # steps x sequences x S x S per batch of formed Jacobian parts (4 MB)
+RENORMALISE = 1e20  # the running product is rescaled when its norm leaves [1 / RENORMALISE, RENORMALISE]
 EXACT_MAX_STATE = 96  # state sizes up to this: norms by SVDs of formed matrices (cheap there, and exact)
 
 
@@ -331,8 +332,8 @@ def product_norms(lt: LayerTrace, batch: np.ndarray, *, exact: bool | None = Non
             scale_at[t - 1] = log_scale
             # renormalised only when its norm leaves [1e-20, 1e20]: one step's gain can be 1e40, and m m^T must
             # stay far from overflow and underflow (what is kept is exact either way)
-            if any(s > 1e20 or 0.0 < s < 1e-20 for s in sig.tolist()):
-                far = (sig > 1e20) | ((sig < 1e-20) & (sig > 0))
+            if any(s > RENORMALISE or 0.0 < s < 1.0 / RENORMALISE for s in sig.tolist()):
+                far = (sig > RENORMALISE) | ((sig < 1.0 / RENORMALISE) & (sig > 0))
                 log_scale = log_scale + np.where(far, np.log(np.where(far, sig, 1.0)), 0.0)
                 m *= np.where(far, 1.0 / np.where(far, sig, 1.0), 1.0)[:, None, None]
     with np.errstate(divide="ignore"):

@@ -17,6 +17,7 @@ from ..cells import cell_module
 from ..model import RNNModel
 
 LOSSES = ("last", "all")  # where the loss looks: the last step, or every step
+HORIZON_FACTOR = 1e-3  # the horizon: steps back until the gradient falls below this fraction of its value
 LYAPUNOV_K = 32  # exponents computed by default (the top ones), or the state size when smaller
 WARMUP_FRACTION = 10  # Lyapunov warm-up by default: a tenth of the sequence ...
 WARMUP_MAX = 100  # ... but at most this many steps
@@ -50,7 +51,8 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def analysis_settings(model: RNNModel, T: int, B: int, *, loss="last", horizon_factor=1e-3, batch_sample="auto",
+def analysis_settings(model: RNNModel, T: int, B: int, *, loss="last", horizon_factor=HORIZON_FACTOR,
+                      batch_sample="auto",
                       lyapunov_k=None, lyapunov_warmup=None, reortho_every=1, q0=None,
                       seed: int | None = 0) -> AnalysisSettings:
     """Check ``analyze``'s settings for a (T, B) input and fill in the defaults; one ``ValueError`` per bad one."""
@@ -58,7 +60,7 @@ def analysis_settings(model: RNNModel, T: int, B: int, *, loss="last", horizon_f
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
     if isinstance(horizon_factor, bool) or not isinstance(horizon_factor, (int, float)) or \
             not 0 < horizon_factor < 1:
-        raise ValueError(f"horizon_factor must be in (0, 1), e.g. 1e-3; got {horizon_factor!r}")
+        raise ValueError(f"horizon_factor must be in (0, 1), e.g. {HORIZON_FACTOR:g}; got {horizon_factor!r}")
     S = model.state_size
     if lyapunov_k is not None and (not _is_int(lyapunov_k) or not 1 <= lyapunov_k <= S):
         raise ValueError(f"lyapunov_k must be an integer from 1 to the state size {S}; got {lyapunov_k!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..analysis import HORIZON_FACTOR
 from ..cells import CELLS
 from ..model import RNNModel
 from ..tasks import TASKS, AnalysedLoss, Problem
@@ -64,9 +65,7 @@ def analyze_request(opts: dict) -> AnalyzeRequest:
         raise InputError("--input and --task both give inputs; pass one of them")
     data = DataRequest(opts["input_path"], opts["task"].lower() if opts["task"] else None, opts["seq_len"],
                        opts["batch_size"], opts["loss"].lower() if opts["loss"] else None)
-    output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"], force=opts["force"],
-                            quiet=opts["quiet"])
-    return AnalyzeRequest(model, data, opts["horizon_factor"], output)
+    return AnalyzeRequest(model, data, opts["horizon_factor"], output_request(opts))
 
 
 def build_model(request: AnalyzeRequest) -> tuple[RNNModel, np.ndarray | None]:
@@ -146,7 +145,7 @@ def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
 @click.option("--loss", type=click.Choice(("last", "all"), case_sensitive=False), default=None,
               help="Inject the gradient at the last step or at every step: the task's loss where it looks there, "
                    "else the probe loss. [default: the task's own]")
-@click.option("--horizon-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=1e-3,
+@click.option("--horizon-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=HORIZON_FACTOR,
               show_default=True, help="Horizon: steps back until the gradient falls below this factor.")
 @output_options("<cell>")
 @click.option("--dtype", type=click.Choice(("float64", "float32")), default=None,

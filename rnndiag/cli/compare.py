@@ -6,7 +6,16 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from .output import Report, emit, output_options, output_request, print_report_path, progress_printer, versioned
+from .output import (
+    OutputRequest,
+    Report,
+    emit,
+    output_options,
+    output_request,
+    print_report_path,
+    progress_printer,
+    versioned,
+)
 from .requests import (
     InputError,
     ModelRequest,
@@ -18,6 +27,14 @@ from .requests import (
     training_options,
     weights_options,
 )
+
+
+def training_requests(opts: dict) -> tuple[ModelRequest, TrainingRequest, OutputRequest]:
+    """The checked requests of init, clip and train: the model (fresh: a tanh RNN, hidden 32, PyTorch's init by
+    default), the task and optimizer, the output."""
+    model_req = ModelRequest.from_options(opts, given_options(), default_cell="rnn_tanh", hidden_size=32,
+                                          num_layers=1, init="pytorch")
+    return model_req, TrainingRequest.from_options(opts), output_request(opts)
 
 
 def print_results(console: Console, table, headline) -> None:
@@ -66,11 +83,7 @@ def init_cmd(**opts):
     from ..render.compare import init_figures, init_headline, init_table
     from ..tasks import input_size as task_input_size
 
-    model_req = ModelRequest.from_options(opts, given_options(), default_cell="rnn_tanh", hidden_size=32,
-                                          num_layers=1, init="pytorch")
-    training = TrainingRequest.from_options(opts)
-    output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"], force=opts["force"],
-                            quiet=opts["quiet"])
+    model_req, training, output = training_requests(opts)
     console = output.console()
     with library_errors():
         schemes = _parse_schemes(opts["schemes"])
@@ -112,21 +125,13 @@ def clip_cmd(**opts):
     """
     from ..experiments import compare_clipping, parse_strategies
     from ..render.compare import clip_figures, clip_headline, clip_table
-    from ..train import TrainConfig
 
-    model_req = ModelRequest.from_options(opts, given_options(), default_cell="rnn_tanh", hidden_size=32,
-                                          num_layers=1, init="pytorch")
-    training = TrainingRequest.from_options(opts)
-    output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"], force=opts["force"],
-                            quiet=opts["quiet"])
+    model_req, training, output = training_requests(opts)
     console = output.console()
     with library_errors():
         strategies = parse_strategies(opts["strategies"])
         model = training_model(model_req, training)
-        base = TrainConfig(task=training.task, seq_len=training.seq_len, batch_size=training.batch_size,
-                           steps=opts["steps"], optimizer=training.optimizer, lr=training.lr,
-                           momentum=training.momentum, seed=training.seed)
-        cmp = compare_clipping(model, strategies, base, progress=progress_printer(console))
+        cmp = compare_clipping(model, strategies, training.config(opts["steps"]), progress=progress_printer(console))
     table, headline = clip_table(cmp, f"{model.cell} ({model.init})"), clip_headline(cmp)
     print_results(console, table, headline)
     command = training_command("clip", model_req, training, ["--strategies", opts["strategies"], "--steps",

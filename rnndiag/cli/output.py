@@ -89,9 +89,10 @@ def _json_path(json_to: str | None, force: bool) -> Path | None:
     return dest
 
 
-def output_request(*, out: Path | None, formats: str, json_to: str | None, force: bool,
-                   quiet: bool) -> OutputRequest:
-    """The output options, checked: a destination that cannot take the report is refused before any work."""
+def output_request(opts: dict) -> OutputRequest:
+    """The output options of a command, checked: a destination that cannot take the report is refused before any
+    work."""
+    out, formats, json_to, force = opts["out"], opts["formats"], opts["json_to"], opts["force"]
     chosen = parse_formats(formats)
     json_path = _json_path(json_to, force)
     if json_path is not None:  # --json PATH: metrics.json in the report too
@@ -101,7 +102,7 @@ def output_request(*, out: Path | None, formats: str, json_to: str | None, force
             check_out_dir(out, force) if out is not None else check_out_dir(REPORTS, force=True)
         except OutputError as exc:
             raise InputError(one_line(exc)) from None
-    return OutputRequest(out, chosen, json_path, json_to == "-", force, quiet)
+    return OutputRequest(out, chosen, json_path, json_to == "-", force, opts["quiet"])
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,13 @@ class TrainingRequest:
         return cls(opts["task"].lower(), opts["seq_len"], opts["batch_size"], opts["lr"], opts["optimizer"],
                    opts["momentum"], opts["seed"])
 
+    def config(self, steps: int, **settings):
+        """The library's ``TrainConfig`` of these options, for ``steps`` iterations (``settings``: the rest)."""
+        from ..train import TrainConfig
+
+        return TrainConfig(task=self.task, seq_len=self.seq_len, batch_size=self.batch_size, steps=steps,
+                           optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, seed=self.seed, **settings)
+
     def command_args(self) -> list[str]:
         return ["--seed", str(self.seed), "--task", self.task, "--seq-len", str(self.seq_len), "--batch-size",
                 str(self.batch_size), "--lr", repr(self.lr), "--optimizer", self.optimizer, "--momentum",

@@ -9,13 +9,10 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from .compare import comparison_report, training_model
-from .output import emit, output_options, output_request, print_report_path, versioned
+from .compare import comparison_report, training_model, training_requests
+from .output import emit, output_options, print_report_path, versioned
 from .requests import (
     InputError,
-    ModelRequest,
-    TrainingRequest,
-    given_options,
     init_option,
     library_errors,
     one_line,
@@ -67,23 +64,17 @@ def train_cmd(**opts):
       rnndiag train --cell lstm --forget-bias 1 --checkpoint run.npz --resume
     """
     from ..render.compare import train_figures, train_headline, train_table
-    from ..train import TrainConfig, train
+    from ..train import train
 
-    model_req = ModelRequest.from_options(opts, given_options(), default_cell="rnn_tanh", hidden_size=32,
-                                          num_layers=1, init="pytorch")
-    training = TrainingRequest.from_options(opts)
-    output = output_request(out=opts["out"], formats=opts["formats"], json_to=opts["json_to"], force=opts["force"],
-                            quiet=opts["quiet"])
+    model_req, training, output = training_requests(opts)
     console = output.console()
     clip_name, clip_threshold = _clip_spec(opts["clip_spec"])
     _check_checkpoint(opts["checkpoint"], opts["resume"], opts["force"])
     with library_errors():
         model = training_model(model_req, training)
-        cfg = TrainConfig(task=training.task, seq_len=training.seq_len, batch_size=training.batch_size,
-                          steps=opts["steps"], optimizer=training.optimizer, lr=training.lr,
-                          momentum=training.momentum, clip=clip_name, clip_threshold=clip_threshold,
-                          seed=training.seed, schedule=opts["schedule"], diag_points=opts["diag_points"],
-                          checkpoint_every=opts["checkpoint_every"] if opts["checkpoint"] else 0)
+        cfg = training.config(opts["steps"], clip=clip_name, clip_threshold=clip_threshold, schedule=opts["schedule"],
+                              diag_points=opts["diag_points"],
+                              checkpoint_every=opts["checkpoint_every"] if opts["checkpoint"] else 0)
         with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}  |g| {task.fields[norm]}"), TimeRemainingColumn(),
                       console=console, transient=True, disable=output.quiet) as bar:
