@@ -13,12 +13,15 @@ import jinja2
 import numpy as np
 
 from .._version import __version__
+from .terminal import fmt_num
 
 
 def _env() -> jinja2.Environment:
     loader = jinja2.FunctionLoader(
         lambda name: resources.files("rnndiag.render").joinpath("templates", name).read_text("utf-8"))
-    return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["num"] = fmt_num  # {{ value|num(".4g") }}: numbers as every table shows them
+    return env
 
 
 def flatten_numbers(obj, prefix: str = "") -> list[tuple[str, str]]:
@@ -31,20 +34,21 @@ def flatten_numbers(obj, prefix: str = "") -> list[tuple[str, str]]:
         nums = [v for v in obj if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if obj and len(nums) == len(obj) and len(obj) > 12:
             arr = np.asarray(nums, dtype=float)
-            rows.append((prefix, f"{len(obj)} values: min {arr.min():.4g}, median {np.median(arr):.4g}, "
-                                 f"max {arr.max():.4g} (all in metrics.json)"))
+            rows.append((prefix, f"{len(obj)} values: min {fmt_num(arr.min(), '.4g')}, median "
+                                 f"{fmt_num(np.median(arr), '.4g')}, max {fmt_num(arr.max(), '.4g')} (all in "
+                                 "metrics.json)"))
         elif obj and all(isinstance(v, (dict, list)) for v in obj):
             for i, v in enumerate(obj):
                 rows += flatten_numbers(v, f"{prefix}[{i}]")
         elif (obj and any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj)) or \
                 any(v is None for v in obj):
-            rows.append((prefix, ", ".join("null" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
-                                           for v in obj)))
+            shown = ("null" if v is None else fmt_num(v, ".6g") if isinstance(v, float) else str(v) for v in obj)
+            rows.append((prefix, ", ".join(shown)))
     elif isinstance(obj, bool) or obj is None:
         if obj is None:
             rows.append((prefix, "null"))
     elif isinstance(obj, (int, float)):
-        rows.append((prefix, f"{obj:.6g}" if isinstance(obj, float) else str(obj)))
+        rows.append((prefix, fmt_num(obj, ".6g") if isinstance(obj, float) else str(obj)))
     return rows
 
 
