@@ -125,6 +125,8 @@ def build_cases() -> list[Case]:
                 setup=WRITE_INPUT + write_weights("lstm", num_layers=2)),
         analyze("weights-rnn_relu", "--weights", WEIGHTS_FILE, "--cell", "rnn_relu", "--input", INPUT_FILE,
                 setup=WRITE_INPUT + write_weights("rnn_relu")),
+        analyze("weights-gru-noise-fallback", "--weights", WEIGHTS_FILE, "--seq-len", "25", "--batch-size", "3",
+                setup=write_weights("gru"), differs=TASK_SEEDING),
         analyze("input-lstm-float32", "--cell", "lstm", "--dtype", "float32", *FROM_INPUT, setup=WRITE_INPUT),
         analyze("input-exploding-rnn_tanh-gain3", "--cell", "rnn_tanh", "--init", "orthogonal", "--gain", "3",
                 *FROM_INPUT, setup=WRITE_INPUT),

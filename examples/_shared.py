@@ -15,8 +15,8 @@ from rich.console import Console
 from rnndiag.files import fresh_folder as fresh_report_dir  # reports/<name>-<time>, never an earlier one's folder
 from rnndiag.files import write_report
 from rnndiag.jsonsafe import jsonable
+from rnndiag.render import fmt_num as fmt  # the numbers as every rnndiag table shows them
 from rnndiag.render import terminal
-from rnndiag.render.terminal import fmt_num as fmt  # the numbers as every rnndiag table shows them
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPORTS = REPO / "reports"

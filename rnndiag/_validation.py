@@ -32,6 +32,14 @@ def check_cell(cell: object, name: str = "cell") -> str:
     return check_choice(cell, name, CELLS, CELL_ALIASES)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    msg = str(exc).strip().replace("\n", " ")
+    if isinstance(exc, FileNotFoundError) and not msg:
+        msg = f"file not found: {exc.filename}"
+    return msg or type(exc).__name__
+
+
 def check_positive_int(value: object, name: str) -> int:
     """An integer >= 1 (bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -33,8 +33,10 @@ def diagnose_problem(model: RNNModel, problem: Problem, seed: int, *, steps: str
     """``analyze`` of ``model`` on the problem's batch with its loss (:meth:`Problem.analysed_loss`: the task's own
     through the problem's readout, or the probe where ``steps`` asks for other steps or the states overflowed);
     returns the diagnosis and the loss it differentiated."""
-    with np.errstate(all="ignore"):
-        h = forward(model, problem.x).h
+    h = None
+    if problem.own_loss_applies(steps):
+        with np.errstate(all="ignore"):
+            h = forward(model, problem.x).h
     loss = problem.analysed_loss(h, steps)
     diag = analyze(model, problem.x, grad_h=loss.grad_h, seed=seed, loss=loss.steps, horizon_factor=horizon_factor,
                    loss_label=loss.label)

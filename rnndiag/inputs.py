@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validation import one_line
+
 
 class InputFileError(ValueError):
     """An input file cannot be used; the message says why and how to fix it."""
-
-
-def _one_line(exc: BaseException) -> str:
-    return str(exc).strip().replace("\n", " ") or type(exc).__name__
 
 
 def _read(path: Path) -> np.ndarray:
@@ -31,10 +29,10 @@ def _read(path: Path) -> np.ndarray:
         if "pickled" in str(exc).lower():  # numpy's word for bytes that are not a .npy file
             raise InputFileError(f"input file {str(path)!r} is not a .npy file (corrupt, or another format); save "
                                  "it with np.save(path, x) with x of shape (T, B, I)") from None
-        raise InputFileError(f"input file {str(path)!r} is not a readable .npy ({_one_line(exc)}); save it with "
+        raise InputFileError(f"input file {str(path)!r} is not a readable .npy ({one_line(exc)}); save it with "
                              "np.save") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputFileError(f"input file {str(path)!r} cannot be read ({_one_line(exc)}); save it with "
+        raise InputFileError(f"input file {str(path)!r} cannot be read ({one_line(exc)}); save it with "
                              "np.save") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         keys = arr.files

@@ -286,19 +286,23 @@ class Problem:
         """``(loss, dL/dh (T, B, H), dL/dW, dL/db)`` for the hidden states ``h`` (see :func:`task_loss_grads`)."""
         return task_loss_grads(self.batch, h, self.readout_w, self.readout_b)
 
-    def analysed_loss(self, h: np.ndarray, steps: str | None = None) -> AnalysedLoss:
-        """The loss an analysis of the model whose last-layer states on ``x`` are ``h`` differentiates: the task's
-        own, or the probe where the task has no loss, where ``steps`` asks for other steps than the task's loss
-        looks at, or where the states overflowed (no loss is defined)."""
+    def own_loss_applies(self, steps: str | None = None) -> bool:
+        """Whether an analysis asking for ``steps`` (None: the task's own) differentiates the task's loss, which
+        needs the model's states; otherwise it uses the probe."""
+        return self.has_loss and steps in (None, self.loss_steps)
+
+    def analysed_loss(self, h: np.ndarray | None, steps: str | None = None) -> AnalysedLoss:
+        """The loss an analysis differentiates: the task's own through the readout, for the model whose last-layer
+        states on ``x`` are ``h`` (needed only where :meth:`own_loss_applies`); or the probe, where the task has
+        no loss, where ``steps`` asks for other steps than the task's loss looks at, or where the states
+        overflowed (no loss is defined)."""
         name = self.batch.name
         if not self.has_loss:
             return AnalysedLoss.probe(steps or "last", "seeded random unit vectors")
-        if steps is not None and steps != self.loss_steps:
-            return AnalysedLoss(None, steps, None, f"probe loss ({steps}): the {name} task's own loss looks at "
-                                                   f"{self.batch.loss_steps} steps")
+        if not self.own_loss_applies(steps):
+            return AnalysedLoss.probe(steps, f"the {name} task's own loss looks at {self.batch.loss_steps} steps")
         if not np.isfinite(h).all():
-            return AnalysedLoss(None, self.loss_steps, None,
-                                f"probe loss: the {name} task loss is undefined (the state overflowed)")
+            return AnalysedLoss.probe(self.loss_steps, f"the {name} task loss is undefined (the state overflowed)")
         value, grad_h, _, _ = self.loss_and_grads(h.astype(np.float64))
         return AnalysedLoss(grad_h, self.loss_steps, f"{name} task loss",
                             f"{name} task loss on {self.readout_label} (value {value:.4g}; trivial baseline "

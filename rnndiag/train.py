@@ -27,6 +27,7 @@ import numpy as np
 from ._validation import check_positive_int
 from .analysis.gates import gate_stats
 from .analysis.lyapunov import lyapunov_spectrum
+from .analysis.settings import WARMUP_FRACTION
 from .analysis.spectral import weight_spectra
 from .clip import Clipper, cosine, global_norm
 from .engine import Trace, backward, forward
@@ -37,8 +38,8 @@ from .tasks import LOSS_TASKS, TEST_STREAM, TRAIN_STREAM, Problem, task_problem,
 
 OPTIMIZERS = ("adam", "sgd")
 READOUT = ("readout.weight", "readout.bias")
-# the top Lyapunov exponent at a scheduled diagnostic: one sequence, after a warm-up of a tenth of the sequence
-# (at most LYAPUNOV_WARMUP_MAX steps)
+# the top Lyapunov exponent at a scheduled diagnostic: one sequence, after the analysis's warm-up fraction of the
+# sequence (at most LYAPUNOV_WARMUP_MAX steps)
 LYAPUNOV_WARMUP_MAX = 50
 
 
@@ -233,7 +234,7 @@ def diagnose_step(model: RNNModel, trace: Trace, iteration: int, test_loss: floa
     layers = []
     for lt, sp in zip(trace.layers, weight_spectra(model)):
         with np.errstate(all="ignore"):
-            ly = lyapunov_spectrum(lt, [0], k=1, warmup=min(lt.h.shape[0] // 10, LYAPUNOV_WARMUP_MAX))
+            ly = lyapunov_spectrum(lt, [0], k=1, warmup=min(lt.h.shape[0] // WARMUP_FRACTION, LYAPUNOV_WARMUP_MAX))
         gs = gate_stats(lt)
         layers.append(LayerSnapshot(sp.spectral_radius, sp.sigma_max, ly.top,
                                     {k: s.left_saturated + s.right_saturated for k, s in gs.gates.items()},

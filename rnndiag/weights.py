@@ -7,6 +7,7 @@ file and says what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zipfile
 from collections.abc import Mapping
@@ -179,14 +180,14 @@ def _check_keys(source: str, raw: dict[str, np.ndarray]) -> None:
 def _architecture(source: str, raw: dict[str, np.ndarray], cell: str | None, stored_cell: str | None):
     """(cell, input_size, hidden_size, num_layers, bias) from the keys and shapes, checked against ``cell``."""
     w_hh = raw["weight_hh_l0"]
+    by_gates = _cell_for_gate_count()
+    counts = ", ".join(f"{g} ({cell})" for g, cell in sorted(by_gates.items()))
     if w_hh.ndim != 2 or w_hh.shape[1] == 0 or w_hh.shape[0] % w_hh.shape[1] != 0:
-        raise _fail(source, f"weight_hh_l0 has shape {w_hh.shape}; expected (G*H, H) with G = 1, 3 or 4")
+        raise _fail(source, f"weight_hh_l0 has shape {w_hh.shape}; expected (G*H, H) with G one of {counts}")
     H = w_hh.shape[1]
     G = w_hh.shape[0] // H
-    by_gates = _cell_for_gate_count()
     if G not in by_gates:
-        raise _fail(source, f"weight_hh_l0 has shape {w_hh.shape}: {G}*H rows, but G must be 1 (RNN), 3 (GRU) "
-                            "or 4 (LSTM)")
+        raise _fail(source, f"weight_hh_l0 has shape {w_hh.shape}: {G}*H rows, but G must be one of {counts}")
     inferred = by_gates[G]
     if cell is not None:
         cell = check_cell(cell)
@@ -224,10 +225,6 @@ def model_from_state_dict(state_dict, cell: str | None = None, prefix: str | Non
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"{source} must be a mapping of parameter names to arrays or tensors "
                         f"(module.state_dict()); got {type(state_dict).__name__}")
-    return _build(state_dict, cell, prefix, dtype, source, "state_dict")
-
-
-def _build(state_dict: Mapping, cell, prefix, dtype, source: str, label: str) -> RNNModel:
     raw = _strip_prefix(source, {str(k): v for k, v in state_dict.items()}, prefix)
     stored_cell = _stored_cell(source, raw)
     raw = {k: _as_array(source, k, v) for k, v in raw.items()}
@@ -252,14 +249,14 @@ def _build(state_dict: Mapping, cell, prefix, dtype, source: str, label: str) ->
         kinds = {v.dtype for v in raw.values()}
         dt = np.dtype(np.float32) if kinds <= {np.dtype(np.float32)} else np.dtype(np.float64)
     params = {k: np.ascontiguousarray(raw[k], dtype=dt) for k in expected}
-    return RNNModel(cell, input_size, H, num_layers, has_bias, params, init=label)
+    return RNNModel(cell, input_size, H, num_layers, has_bias, params, init="state_dict")
 
 
 def load_weights(path, cell: str | None = None, *, dtype=None, prefix: str | None = None) -> RNNModel:
     """Load an ``nn.RNN/nn.LSTM/nn.GRU`` state_dict saved as ``.npz`` (PyTorch key names) or ``.pt``/``.pth``.
 
     Reads the file (:func:`read_state_dict`) and builds the model with :func:`model_from_state_dict`, whose
-    ``cell``, ``dtype`` and ``prefix`` these are.
+    ``cell``, ``dtype`` and ``prefix`` these are; the model's ``init`` names the file.
 
     >>> import tempfile, os
     >>> from rnndiag import init_model
@@ -269,7 +266,8 @@ def load_weights(path, cell: str | None = None, *, dtype=None, prefix: str | Non
     'gru'
     """
     path = Path(path)
-    return _build(read_state_dict(path), cell, prefix, dtype, _file(path), f"loaded from {path.name}")
+    model = model_from_state_dict(read_state_dict(path), cell, prefix, dtype, source=_file(path))
+    return dataclasses.replace(model, init=f"loaded from {path.name}")
 
 
 def save_weights(model: RNNModel, path, *, overwrite: bool = False) -> Path:

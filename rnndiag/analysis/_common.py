@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import scipy.linalg.lapack
 
 # SciPy's LAPACK runs on SciPy's own OpenBLAS, with its own thread pool: a call big enough to be threaded there,
 # interleaved with numpy's BLAS, leaves the two pools spinning against each other on the same cores (a 512 x 32
@@ -17,6 +16,10 @@ LAPACK_DIRECT_MAX = 8192
 
 @functools.cache
 def _lapack(names: tuple[str, ...], dtype: np.dtype):
+    # SciPy is imported here, on the first solve: it takes longer to import than the rest of rnndiag, and
+    # `import rnndiag` (and with it every `rnndiag --help` and one-line error) should not wait for it
+    import scipy.linalg.lapack
+
     return scipy.linalg.lapack.get_lapack_funcs(names, dtype=dtype)
 
 

@@ -14,8 +14,8 @@ from ..analysis import HORIZON_FACTOR
 from ..cells import CELLS
 from ..model import RNNModel
 from ..tasks import TASKS, AnalysedLoss, Problem
-from .output import OutputRequest, Report, emit, output_options, output_request
-from .requests import InputError, ModelRequest, given_options, init_option, library_errors, weights_options
+from .output import InputError, OutputRequest, Report, emit, library_errors, output_options, output_request
+from .requests import ModelRequest, gain_options, given_options, init_option, weights_options
 
 # the built-in demo: a tanh RNN with the seed tutorial's 0.01*randn initialization on the adding problem
 DEMO_CELL, DEMO_INIT, DEMO_TASK = "rnn_tanh", "tutorial", "adding"
@@ -60,11 +60,10 @@ def analyze_request(opts: dict) -> AnalyzeRequest:
     demo = opts["weights"] is None and opts["input_path"] is None and opts["task"] is None and \
         not given.intersection(MODEL_CHOICES)
     model = ModelRequest.from_options(opts, given, default_cell=DEMO_CELL, hidden_size=DEFAULT_HIDDEN,
-                                      num_layers=1, init=DEMO_INIT if demo else DEFAULT_INIT)
+                                      init=DEMO_INIT if demo else DEFAULT_INIT)
     if opts["input_path"] is not None and opts["task"] is not None:
         raise InputError("--input and --task both give inputs; pass one of them")
-    data = DataRequest(opts["input_path"], opts["task"].lower() if opts["task"] else None, opts["seq_len"],
-                       opts["batch_size"], opts["loss"].lower() if opts["loss"] else None)
+    data = DataRequest(opts["input_path"], opts["task"], opts["seq_len"], opts["batch_size"], opts["loss"])
     return AnalyzeRequest(model, data, opts["horizon_factor"], output_request(opts))
 
 
@@ -130,9 +129,7 @@ def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
               help=f"Hidden size of a fresh model. [default: {DEFAULT_HIDDEN}]")
 @click.option("--num-layers", type=click.IntRange(min=1), default=None, help="Stacked layers. [default: 1]")
 @init_option(None, f"Initialization of a fresh model. [default: {DEFAULT_INIT}; the demo uses {DEMO_INIT}]")
-@click.option("--gain", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Gain of the init (orthogonal, xavier, kaiming) or scale of identity.")
-@click.option("--forget-bias", type=float, default=None, help="LSTM forget-gate bias.")
+@gain_options
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the weights, the task data and the probe.")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
@@ -180,12 +177,14 @@ def analyze_cmd(**opts):
         with console.status("analysing (BPTT, Jacobian products, Lyapunov exponents)...", spinner="dots"):
             diag, loss = diagnose(request, model, inputs)
         analysis_s = time.perf_counter() - t0
+    from_file = request.model.weights is not None
     command = shlex.join(["rnndiag", "analyze", *request.model.command_args(model), *inputs.command_args,
+                          *(["--seed", str(request.model.seed)] if from_file and request.model.seed else []),
                           *(["--loss", request.data.loss] if request.data.loss else []),
                           "--horizon-factor", repr(request.horizon_factor),
                           *(["--dtype", request.model.dtype] if request.model.dtype else [])])
     metrics = {**diag.to_dict(), "loss_detail": loss.detail, "input": inputs.label, "command": command}
-    if request.model.weights is not None:
+    if from_file:
         model_label = f"{model.describe()} from {request.model.weights}"
     else:
         model_label = f"{model.describe()}, init {model.init}, seed {request.model.seed}"

@@ -1,10 +1,11 @@
-"""The one output pipeline of every command: its output options, checked before any work, and the report they
-ask for -- a folder staged and renamed into place (``rnndiag.files``), ``--json PATH`` beside it, ``--json -``
-on stdout -- with one rich console for everything else.
+"""The one output pipeline of every command: the CLI's error channel, its output options (checked before any
+work), and the report they ask for -- a folder staged and renamed into place (``rnndiag.files``),
+``--json PATH`` beside it, ``--json -`` on stdout -- with one rich console for everything else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -15,12 +16,30 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from .._validation import one_line
 from .._version import __version__
 from ..files import OutputError, check_out_dir, fresh_folder, write_atomic, write_report
-from .requests import InputError, one_line
 
 FORMATS = ("html", "png", "json")
 REPORTS = Path("reports")  # the default report folder, relative to where the command runs
+
+
+class InputError(click.ClickException):
+    """A bad input: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def library_errors():
+    """The library's errors about the user's input, as one line and exit code 2."""
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as exc:
+        raise InputError(one_line(exc)) from None
+    except MemoryError:
+        raise InputError("the problem is too large for this machine's memory; reduce --seq-len, --batch-size or "
+                         "--hidden-size") from None
 
 
 def output_options(folder: str):
@@ -92,9 +111,9 @@ def _json_path(json_to: str | None, force: bool) -> Path | None:
 def output_request(opts: dict) -> OutputRequest:
     """The output options of a command, checked: a destination that cannot take the report is refused before any
     work."""
-    out, formats, json_to, force = opts["out"], opts["formats"], opts["json_to"], opts["force"]
-    chosen = parse_formats(formats)
-    json_path = _json_path(json_to, force)
+    out, force = opts["out"], opts["force"]
+    chosen = parse_formats(opts["formats"])
+    json_path = _json_path(opts["json_to"], force)
     if json_path is not None:  # --json PATH: metrics.json in the report too
         chosen = tuple(sorted(set(chosen) | {"json"}))
     if chosen:
@@ -102,7 +121,7 @@ def output_request(opts: dict) -> OutputRequest:
             check_out_dir(out, force) if out is not None else check_out_dir(REPORTS, force=True)
         except OutputError as exc:
             raise InputError(one_line(exc)) from None
-    return OutputRequest(out, chosen, json_path, json_to == "-", force, opts["quiet"])
+    return OutputRequest(out, chosen, json_path, opts["json_to"] == "-", force, opts["quiet"])
 
 
 @dataclass(frozen=True)
@@ -111,8 +130,8 @@ class Report:
     only for the formats asked for)."""
 
     metrics: dict
-    figures: Callable[[], dict]  # name -> matplotlib Figure
-    html: Callable[[dict[str, bytes]], str]  # the PNGs by name -> the page
+    figures: Callable[[], dict]  # figure name -> matplotlib Figure
+    html: Callable[[dict[str, bytes]], str]  # the PNGs by figure name -> the page
 
 
 @dataclass(frozen=True)
@@ -122,9 +141,9 @@ class Written:
     writing_s: float
 
 
-def emit(request: OutputRequest, report: Report, console: Console, name: str) -> Written:
-    """Write the report the request asks for (the default folder named ``name``-<time>) and print ``--json -``; a
-    write that fails is one line, exit 2."""
+def emit(request: OutputRequest, report: Report, console: Console, folder_name: str) -> Written:
+    """Write the report the request asks for (a default folder is named ``folder_name``-<time>) and print
+    ``--json -``; a write that fails is one line, exit 2."""
     from ..render.figures import png_bytes
 
     formats = request.formats
@@ -132,11 +151,11 @@ def emit(request: OutputRequest, report: Report, console: Console, name: str) ->
     pngs: dict[str, bytes] = {}
     if {"png", "html"} & set(formats):
         with console.status("drawing figures...", spinner="dots"):
-            pngs = {name: png_bytes(fig) for name, fig in report.figures().items()}
+            pngs = {figure: png_bytes(fig) for figure, fig in report.figures().items()}
     figures_s = time.perf_counter() - t0
     files: dict[str, bytes] = {}
     if "png" in formats:
-        files.update({f"{name}.png": data for name, data in pngs.items()})
+        files.update({f"{figure}.png": data for figure, data in pngs.items()})
     if "html" in formats:
         files["report.html"] = report.html(pngs).encode("utf-8")
     if "json" in formats:
@@ -144,7 +163,7 @@ def emit(request: OutputRequest, report: Report, console: Console, name: str) ->
     t0 = time.perf_counter()
     shown = None
     if files:
-        folder = request.folder(name)
+        folder = request.folder(folder_name)
         try:
             write_report(folder, files, request.force)
             if request.json_path is not None:
@@ -163,9 +182,25 @@ def print_report_path(console: Console, written: Written) -> None:
         console.print(Text("report: ", style="bold").append(str(written.path)))
 
 
-def versioned(metrics: dict, command: str) -> dict:
-    """A comparison's metrics with the version first and the reproducing command last."""
-    return {"rnndiag_version": __version__, **metrics, "command": command}
+def print_results(console: Console, table, headline, *, alarm: bool = False) -> None:
+    """A command's table, its headline (red with ``alarm``) and the reasons behind it: what its HTML report shows."""
+    from ..render.terminal import print_table
+
+    print_table(console, table.title, table.columns, table.rows)
+    console.print(Text(headline.text, style="bold red" if alarm else "bold"))
+    for line in headline.reasons:
+        console.print(Text(f"  - {line}"))
+
+
+def comparison_report(kind: str, title: str, table, headline, config, command: str, metrics: dict,
+                      figures) -> Report:
+    """The report of init, clip or train: the HTML page shows the table, the headline and the configuration;
+    the metrics get the version first and the reproducing command last."""
+    from ..render.html import render_comparison
+
+    metrics = {"rnndiag_version": __version__, **metrics, "command": command}
+    return Report(metrics, figures, lambda pngs: render_comparison(
+        kind, title, headline.text, headline.reasons, table.columns, table.rows, config, command, metrics, pngs))
 
 
 def progress_printer(console: Console) -> Callable[[str], None]:

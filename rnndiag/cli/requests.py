@@ -1,12 +1,12 @@
-"""What a command was asked: the shared model and task options, the frozen request objects built from them, and
+"""What a command was asked: the options the commands share, and the frozen request objects built from them with
 the checks that hold before any work starts (conflicting options, a task that does not fit the weights).
 
-Every bad input ends as :class:`InputError`: one line on stderr, exit code 2.
+Each command module builds its own request (``AnalyzeRequest``, ``InitRequest``, ``ClipRequest``,
+``TrainRequest``) from these parts; every bad input ends as :class:`~.output.InputError` (one line, exit code 2).
 """
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,23 +18,12 @@ from ..cells import CELLS
 from ..init import SCHEMES
 from ..model import RNNModel
 from ..tasks import LOSS_TASKS
+from .output import InputError
 
 # the options that describe a fresh model, which a weights file's shapes decide instead
 FRESH_MODEL_OPTIONS = ("input_size", "hidden_size", "num_layers", "init_name", "gain", "forget_bias")
-
-
-class InputError(click.ClickException):
-    """A bad input: one line, exit code 2."""
-
-    exit_code = 2
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (its type's name when it has none)."""
-    msg = str(exc).strip().replace("\n", " ")
-    if isinstance(exc, FileNotFoundError) and not msg:
-        msg = f"file not found: {exc.filename}"
-    return msg or type(exc).__name__
+# the fresh model of init, clip and train, unless the options say otherwise
+TRAINING_CELL, TRAINING_HIDDEN, TRAINING_INIT = "rnn_tanh", 32, "pytorch"
 
 
 def option_name(param: str) -> str:
@@ -50,6 +39,12 @@ def given_options() -> set[str]:
     return {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
 
 
+def _decorate(fn, opts):
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
 def init_option(default: str | None, help: str):
     return click.option("--init", "init_name", type=click.Choice(SCHEMES, case_sensitive=False), default=default,
                         show_default=default is not None, help=help)
@@ -57,22 +52,32 @@ def init_option(default: str | None, help: str):
 
 def weights_options(fn):
     """``--weights`` and ``--prefix``: start from a trained model instead of a fresh one."""
-    fn = click.option("--prefix", default=None, help="Key prefix of the RNN inside a whole model's state_dict "
-                      "(e.g. encoder.rnn).")(fn)
-    return click.option("--weights", type=click.Path(path_type=Path), default=None,
-                        help="Weights file: .npz with PyTorch key names, or .pt/.pth (needs torch).")(fn)
+    return _decorate(fn, [
+        click.option("--weights", type=click.Path(path_type=Path), default=None,
+                     help="Weights file to use instead of a fresh model: .npz with PyTorch key names, or .pt/.pth "
+                          "(needs torch)."),
+        click.option("--prefix", default=None, help="Key prefix of the RNN inside a whole model's state_dict "
+                     "(e.g. encoder.rnn)."),
+    ])
+
+
+def gain_options(fn):
+    """``--gain`` and ``--forget-bias`` of a fresh model's initialization."""
+    return _decorate(fn, [
+        click.option("--gain", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Gain of the init (orthogonal, xavier, kaiming) or scale of identity."),
+        click.option("--forget-bias", type=float, default=None, help="LSTM forget-gate bias."),
+    ])
 
 
 def training_options(fn):
     """The model, task and optimizer options of init, clip and train."""
-    opts = [
-        click.option("--cell", type=click.Choice(CELLS, case_sensitive=False), default="rnn_tanh", show_default=True,
-                     help="Cell type."),
-        click.option("--hidden-size", type=click.IntRange(min=1), default=32, show_default=True),
+    return _decorate(fn, [
+        click.option("--cell", type=click.Choice(CELLS, case_sensitive=False), default=TRAINING_CELL,
+                     show_default=True, help="Cell type."),
+        click.option("--hidden-size", type=click.IntRange(min=1), default=TRAINING_HIDDEN, show_default=True),
         click.option("--num-layers", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--gain", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Gain of the init (orthogonal, xavier, kaiming) or scale of identity."),
-        click.option("--forget-bias", type=float, default=None, help="LSTM forget-gate bias."),
+        gain_options,
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--task", type=click.Choice(LOSS_TASKS, case_sensitive=False), default="adding",
                      show_default=True, help="Task to diagnose and train on."),
@@ -82,10 +87,7 @@ def training_options(fn):
         click.option("--optimizer", type=click.Choice(("adam", "sgd")), default="adam", show_default=True),
         click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True,
                      help="SGD momentum (0: plain SGD, as in the seed tutorial)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+    ])
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,15 @@ class ModelRequest:
     init: str
     gain: float | None
     forget_bias: float | None
-    seed: int
+    seed: int  # of the weights; commands also seed their data and probe with it
     dtype: str | None  # None: float64 for fresh models, a file's own dtype
 
     @classmethod
-    def from_options(cls, opts: dict, given: set[str], *, default_cell: str, hidden_size: int, num_layers: int,
-                     init: str) -> ModelRequest:
+    def from_options(cls, opts: dict, given: set[str], *, default_cell: str = TRAINING_CELL,
+                     hidden_size: int = TRAINING_HIDDEN, init: str = TRAINING_INIT) -> ModelRequest:
         """From a command's options (``given``: those typed); the keyword arguments are the command's defaults
-        for what was not given. Refuses fresh-model options next to ``--weights``, ``--prefix`` without it."""
+        where it has no such option or leaves it unset. Refuses fresh-model options next to ``--weights``, and
+        ``--prefix`` without it."""
         weights = opts.get("weights")
         if weights is None and opts.get("prefix"):
             raise InputError("--prefix applies to --weights only")
@@ -120,14 +123,13 @@ class ModelRequest:
             cell = opts["cell"] if "cell" in given else None  # the file's, unless --cell says (rnn_relu)
         else:
             cell = opts.get("cell") or default_cell
-        return cls(weights, opts.get("prefix"), cell,
-                   opts.get("input_size"), opts.get("hidden_size") or hidden_size,
-                   opts.get("num_layers") or num_layers, opts.get("init_name") or init, opts.get("gain"),
-                   opts.get("forget_bias"), opts.get("seed", 0), opts.get("dtype"))
+        return cls(weights, opts.get("prefix"), cell, opts.get("input_size"), opts.get("hidden_size") or hidden_size,
+                   opts.get("num_layers") or 1, opts.get("init_name") or init, opts.get("gain"),
+                   opts.get("forget_bias"), opts["seed"], opts.get("dtype"))
 
     def build(self, input_size: int | None = None) -> RNNModel:
         """Load or initialise the model (``input_size``: what the data feeds, where ``--input-size`` is unset).
-        Raises the library's errors; commands call it inside :func:`library_errors`."""
+        Raises the library's errors; commands call it inside ``library_errors()``."""
         from .. import init_model, load_weights
 
         if self.weights is not None:
@@ -135,6 +137,17 @@ class ModelRequest:
         return init_model(self.cell, self.input_size or input_size, self.hidden_size, num_layers=self.num_layers,
                           init=self.init, seed=self.seed, dtype=self.dtype or np.float64, gain=self.gain,
                           forget_bias=self.forget_bias)
+
+    def build_for_task(self, task: str) -> RNNModel:
+        """The model clip and train start from: fresh, sized by the task, or loaded (then the task must fit)."""
+        from ..tasks import input_size as task_input_size
+
+        need = task_input_size(task)
+        model = self.build(need)
+        if model.input_size != need:
+            raise InputError(f"the {task} task feeds {need} input channels but the weights in "
+                             f"{str(self.weights)!r} take {model.input_size}; choose a task that fits")
+        return model
 
     def command_args(self, model: RNNModel) -> list[str]:
         """The options that make this model again."""
@@ -165,7 +178,7 @@ class TrainingRequest:
 
     @classmethod
     def from_options(cls, opts: dict) -> TrainingRequest:
-        return cls(opts["task"].lower(), opts["seq_len"], opts["batch_size"], opts["lr"], opts["optimizer"],
+        return cls(opts["task"], opts["seq_len"], opts["batch_size"], opts["lr"], opts["optimizer"],
                    opts["momentum"], opts["seed"])
 
     def config(self, steps: int, **settings):
@@ -180,28 +193,20 @@ class TrainingRequest:
                 str(self.batch_size), "--lr", repr(self.lr), "--optimizer", self.optimizer, "--momentum",
                 repr(self.momentum)]
 
+    def config_rows(self, model: RNNModel, *rows: tuple[str, object]) -> list[tuple[str, object]]:
+        """The configuration table of a clip or train report: the model, the task, the optimizer, then ``rows``."""
+        return [("model", model.describe()), ("init", model.init), ("task", f"{self.task}, T = {self.seq_len}"),
+                ("optimizer", f"{self.optimizer}, lr {self.lr:g}"), *rows, ("seed", self.seed)]
+
 
 def training_command(kind: str, model_req: ModelRequest, training: TrainingRequest, extra: list[str], *,
-                     model: RNNModel | None = None) -> str:
-    """The command line that reproduces an init, clip or train run (``model``: the one loaded from weights, or the
-    fresh one, whose ``--init`` then goes in)."""
+                     model: RNNModel | None = None, with_init: bool = True) -> str:
+    """The command line that reproduces an init, clip or train run: ``model`` is the one loaded from weights
+    (needed then); a fresh model's ``--init`` goes in ``with_init`` (init compares schemes instead)."""
     if model_req.weights is not None:
-        head = model_req.command_args(model)
-        tail = []
+        head, tail = model_req.command_args(model), []
     else:
         head = ["--cell", model_req.cell, "--hidden-size", str(model_req.hidden_size), "--num-layers",
                 str(model_req.num_layers)]
-        tail = [*model_req.init_args(), *(["--init", model_req.init] if model is not None else [])]
+        tail = [*model_req.init_args(), *(["--init", model_req.init] if with_init else [])]
     return shlex.join(["rnndiag", kind, *head, *training.command_args(), *tail, *extra])
-
-
-@contextlib.contextmanager
-def library_errors():
-    """The library's errors about the user's input, as one line and exit code 2."""
-    try:
-        yield
-    except (ValueError, TypeError, OSError) as exc:
-        raise InputError(one_line(exc)) from None
-    except MemoryError:
-        raise InputError("the problem is too large for this machine's memory; reduce --seq-len, --batch-size or "
-                         "--hidden-size") from None

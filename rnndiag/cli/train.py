@@ -3,26 +3,52 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
-from .compare import comparison_report, training_model, training_requests
-from .output import emit, output_options, print_report_path, versioned
-from .requests import (
+from .._validation import one_line
+from .output import (
     InputError,
-    init_option,
+    OutputRequest,
+    comparison_report,
+    emit,
     library_errors,
-    one_line,
+    output_options,
+    output_request,
+    print_report_path,
+    print_results,
+)
+from .requests import (
+    ModelRequest,
+    TrainingRequest,
+    given_options,
+    init_option,
     training_command,
     training_options,
     weights_options,
 )
 
 
-def _clip_spec(text: str) -> tuple[str, float | None]:
+@dataclass(frozen=True)
+class TrainRequest:
+    """Everything ``rnndiag train`` was asked, checked."""
+
+    model: ModelRequest
+    training: TrainingRequest
+    steps: int
+    clip: tuple[str, float | None]  # strategy, threshold
+    clip_text: str  # as typed, for the reproducing command
+    schedule: str
+    diag_points: int
+    checkpoint: Path | None
+    checkpoint_every: int
+    resume: bool
+    output: OutputRequest
+
+
+def _clip_strategy(text: str) -> tuple[str, float | None]:
     from ..experiments import parse_strategies
 
     try:
@@ -33,12 +59,18 @@ def _clip_spec(text: str) -> tuple[str, float | None]:
     return name, threshold
 
 
-def _check_checkpoint(checkpoint: Path | None, resume: bool, force: bool) -> None:
+def train_request(opts: dict) -> TrainRequest:
+    output = output_request(opts)
+    model, training = ModelRequest.from_options(opts, given_options()), TrainingRequest.from_options(opts)
+    clip = _clip_strategy(opts["clip_spec"])
+    checkpoint, resume = opts["checkpoint"], opts["resume"]
     if resume and checkpoint is None:
         raise InputError("--resume needs --checkpoint FILE")
-    if checkpoint is not None and checkpoint.exists() and not resume and not force:
+    if checkpoint is not None and checkpoint.exists() and not resume and not opts["force"]:
         raise InputError(f"checkpoint {str(checkpoint)!r} exists; pass --resume to continue it or --force to start "
                          "over")
+    return TrainRequest(model, training, opts["steps"], clip, opts["clip_spec"], opts["schedule"], opts["diag_points"],
+                        checkpoint, opts["checkpoint_every"] if checkpoint else 0, resume, output)
 
 
 @click.command("train")
@@ -63,18 +95,19 @@ def train_cmd(**opts):
       rnndiag train --cell gru --task adding --seq-len 100 --steps 2000 --lr 0.003
       rnndiag train --cell lstm --forget-bias 1 --checkpoint run.npz --resume
     """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     from ..render.compare import train_figures, train_headline, train_table
     from ..train import train
 
-    model_req, training, output = training_requests(opts)
+    request = train_request(opts)
+    training, output = request.training, request.output
     console = output.console()
-    clip_name, clip_threshold = _clip_spec(opts["clip_spec"])
-    _check_checkpoint(opts["checkpoint"], opts["resume"], opts["force"])
     with library_errors():
-        model = training_model(model_req, training)
-        cfg = training.config(opts["steps"], clip=clip_name, clip_threshold=clip_threshold, schedule=opts["schedule"],
-                              diag_points=opts["diag_points"],
-                              checkpoint_every=opts["checkpoint_every"] if opts["checkpoint"] else 0)
+        model = request.model.build_for_task(training.task)
+        cfg = training.config(request.steps, clip=request.clip[0], clip_threshold=request.clip[1],
+                              schedule=request.schedule, diag_points=request.diag_points,
+                              checkpoint_every=request.checkpoint_every)
         with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}  |g| {task.fields[norm]}"), TimeRemainingColumn(),
                       console=console, transient=True, disable=output.quiet) as bar:
@@ -83,23 +116,17 @@ def train_cmd(**opts):
             def progress(i, loss, norm):
                 bar.update(task, completed=i + 1, loss=f"{loss:.4g}", norm=f"{norm:.3g}")
 
-            result = train(model, cfg, resume=opts["checkpoint"] if opts["resume"] else None,
-                           checkpoint=opts["checkpoint"], progress=progress)
+            result = train(model, cfg, resume=request.checkpoint if request.resume else None,
+                           checkpoint=request.checkpoint, progress=progress)
     title = f"{model.describe()} on {training.task}"
     table, headline = train_table(result, f"{title}: diagnostics over training"), train_headline(result)
-    from ..render.terminal import print_table
-
-    print_table(console, table.title, table.columns, table.rows)
-    console.print(Text(headline.text, style="bold red" if result.diverged else "bold"))
-    command = training_command("train", model_req, training, [
-        "--steps", str(opts["steps"]), "--clip", opts["clip_spec"], "--schedule", opts["schedule"],
-        "--diag-points", str(opts["diag_points"])], model=model)
-    config = [("model", model.describe()), ("init", model.init), ("task", f"{training.task}, T = {training.seq_len}"),
-              ("optimizer", f"{training.optimizer}, lr {training.lr:g}"), ("clipping", opts["clip_spec"]),
-              ("steps", opts["steps"]), ("seed", training.seed)]
+    print_results(console, table, headline, alarm=result.diverged)
+    command = training_command("train", request.model, training, [
+        "--steps", str(request.steps), "--clip", request.clip_text, "--schedule", request.schedule,
+        "--diag-points", str(request.diag_points)], model=model)
+    config = training.config_rows(model, ("clipping", request.clip_text), ("steps", request.steps))
     report = comparison_report("train", title, table, headline, config, command,
-                               versioned({"cell": model.cell, **result.to_dict()}, command),
-                               lambda: train_figures(result))
+                               {"cell": model.cell, **result.to_dict()}, lambda: train_figures(result))
     print_report_path(console, emit(output, report, console, f"train-{model.cell}"))
     if result.diverged:
         sys.exit(1)

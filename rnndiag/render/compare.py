@@ -8,8 +8,8 @@ from typing import NamedTuple
 import numpy as np
 from matplotlib.colors import Normalize
 
+from . import fmt_num
 from .figures import COLORS, finish_axes, new_axes, thin
-from .terminal import fmt_num
 
 
 class Table(NamedTuple):
@@ -27,11 +27,14 @@ class Headline(NamedTuple):
     reasons: list[str]
 
 
-def init_table(cmp) -> Table:
-    """One row per scheme, ranked; with training, the final test loss, the verdict after it and a note."""
+def init_table(cmp, *, notes: bool = True) -> Table:
+    """One row per scheme, ranked; with training, the final test loss, the verdict after it and (``notes``) a
+    note."""
     trained = cmp.trained
     columns = ["rank", "scheme", "verdict", "spectral radius", "sigma_max", f"horizon / {cmp.seq_len}",
-               "decay log10/step", "top Lyapunov"] + (["final test loss", "after training", "note"] if trained else [])
+               "decay log10/step", "top Lyapunov"]
+    if trained:
+        columns += ["final test loss", "after training"] + (["note"] if notes else [])
     rows = []
     for i, r in enumerate(cmp.results, 1):
         d = r.at_init
@@ -41,7 +44,8 @@ def init_table(cmp) -> Table:
                f"{hz.steps}{'+' if hz.censored else ''}", fmt_num(d.gradient_flow.fit.rate, "+.4f"),
                fmt_num(ld.lyapunov.top, "+.4f")]
         if trained:
-            row += [fmt_num(r.final_loss, ".4g"), r.after.verdict if r.after else "diverged", r.note or ""]
+            row += [fmt_num(r.final_loss, ".4g"), r.after.verdict if r.after else "diverged"]
+            row += [r.note or ""] if notes else []
         rows.append(row)
     return Table(f"initialization schemes for {cmp.cell} (ranked: {cmp.ranking_rule})", columns, rows)
 

@@ -13,7 +13,7 @@ import jinja2
 import numpy as np
 
 from .._version import __version__
-from .terminal import fmt_num
+from . import fmt_num
 
 
 def _env() -> jinja2.Environment:

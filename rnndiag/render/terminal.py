@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from . import fmt_num
+
 VERDICT_STYLE = {"vanishing": "bold blue", "exploding": "bold red", "healthy": "bold green"}
-
-
-def fmt_num(value, spec: str = ".3g") -> str:
-    """A number as tables and summaries show it: ``format(value, spec)``, and ``n/a`` for None or NaN (no value);
-    an infinity stays one (a dead unit's Lyapunov exponent, an overflowed norm)."""
-    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
-        return "n/a"
-    return format(value, spec)
 
 
 def summary(console: Console, diag, report_path: str | None = None) -> None:
