@@ -282,6 +282,17 @@ def test_importing_every_module_loads_neither_torch_nor_dask():
     assert not offenders, report(f"Importing rnndiag's modules must not import {', '.join(HEAVY)}.", offenders)
 
 
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """``import rnndiag`` and the CLI (its help, its one-line errors) load neither SciPy nor matplotlib nor Jinja2:
+    the analysis imports SciPy at its first LAPACK call and the renderers load on use. Together they take longer to
+    import than the rest of rnndiag."""
+    code = ("import sys, rnndiag, rnndiag.cli; "
+            "print([m for m in ('scipy', 'matplotlib', 'jinja2', *sys.argv[1:]) if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code, *HEAVY], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert ast.literal_eval(proc.stdout.strip()) == []
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5: the package does not read the repository's examples/
 
