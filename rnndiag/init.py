@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from ._validation import check_cell, check_choice, check_dtype, check_positive_int, make_rng
-from .cells import cell_module
+from .cells import cell_module, gate_rows
 from .model import RNNModel, param_shapes
 
 SCHEMES = (
@@ -158,8 +158,7 @@ def init_model(
         else:
             params[name] = np.zeros(shape)
     if forget_bias is not None:
-        k = cell_module(cell).GATE_NAMES.index(forget_gate)
-        rows = slice(k * H, (k + 1) * H)
+        rows = gate_rows(cell, forget_gate, H)
         for layer in range(num_layers):
             params[f"bias_ih_l{layer}"][rows] = forget_bias
             params[f"bias_hh_l{layer}"][rows] = 0.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cells import cell_module
+from ..cells import cell_module, gate_rows
 from ..engine import LayerTrace
 from ..model import RNNModel
 from .flow import GradientFlow, fit_decay, horizon, last_step_chain, per_sequence_horizon
@@ -78,13 +78,11 @@ def _bptt_is_the_last_step_chain(lt: LayerTrace, model: RNNModel, settings: Anal
 
 def forget_bias(model: RNNModel, layer: int) -> float | None:
     """The mean effective forget-gate bias ``b_ih_f + b_hh_f`` of a layer, or None (no forget gate, no bias)."""
-    mod = cell_module(model.cell)
-    if mod.FORGET_GATE is None or not model.bias:
+    gate = cell_module(model.cell).FORGET_GATE
+    if gate is None or not model.bias:
         return None
-    H = model.hidden_size
-    k = mod.GATE_NAMES.index(mod.FORGET_GATE)
-    p = model.params
-    return float((p[f"bias_ih_l{layer}"][k * H : (k + 1) * H] + p[f"bias_hh_l{layer}"][k * H : (k + 1) * H]).mean())
+    rows = gate_rows(model.cell, gate, model.hidden_size)
+    return float((model.params[f"bias_ih_l{layer}"][rows] + model.params[f"bias_hh_l{layer}"][rows]).mean())
 
 
 def measure_layer(model: RNNModel, lt: LayerTrace, settings: AnalysisSettings, grad_h: np.ndarray,

@@ -76,7 +76,8 @@ from types import ModuleType
 
 from . import gru, lstm, rnn
 
-__all__ = ["CELLS", "CELL_ALIASES", "cell_kwargs", "cell_module", "gru", "is_gated", "lstm", "nonlinearity", "rnn"]
+__all__ = ["CELLS", "CELL_ALIASES", "cell_kwargs", "cell_module", "gate_rows", "gru", "is_gated", "lstm",
+           "nonlinearity", "rnn"]
 
 # canonical cell name -> (module, the keyword arguments its forward/backward/jacobian_factors take)
 _CELLS = {
@@ -102,6 +103,12 @@ def cell_kwargs(cell: str) -> dict[str, str]:
 def nonlinearity(cell: str) -> str:
     """``tanh`` or ``relu`` for RNN cells; ``tanh`` (of the candidate) for gated cells."""
     return _CELLS[cell][1].get("nonlinearity", "tanh")
+
+
+def gate_rows(cell: str, gate: str, hidden_size: int) -> slice:
+    """The rows of gate block ``gate`` in ``cell``'s stacked weights and biases (PyTorch's gate order)."""
+    k = cell_module(cell).GATE_NAMES.index(gate)
+    return slice(k * hidden_size, (k + 1) * hidden_size)
 
 
 def is_gated(cell: str) -> bool:
