@@ -101,6 +101,20 @@ def check_array(
     return arr
 
 
+def first_overflow(arr: np.ndarray, dtype) -> tuple[int, ...] | None:
+    """The index of the first finite value of ``arr`` that ``dtype`` cannot hold (1e300 as float32), or None."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or arr.dtype.kind not in "fiu" or float(np.finfo(dtype).max) >= _largest(arr.dtype):
+        return None
+    with np.errstate(all="ignore"):
+        over = np.isfinite(arr) & (np.abs(arr) > np.finfo(dtype).max)
+    return tuple(int(i) for i in np.argwhere(over)[0]) if over.any() else None
+
+
+def _largest(dtype: np.dtype) -> float:
+    return float(np.finfo(dtype).max) if dtype.kind == "f" else float(np.iinfo(dtype).max)
+
+
 def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     """The one place seeds become generators."""
     if isinstance(seed, np.random.Generator):

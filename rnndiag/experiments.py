@@ -198,7 +198,7 @@ class ClipRun:
     def to_dict(self) -> dict:
         h = self.trained.history
         return jsonable({"label": self.label, "strategy": self.strategy, "threshold": self.threshold,
-                         "diverged": self.trained.diverged, "stopped": h.stopped,
+                         "diverged": self.trained.diverged, "stopped": h.stopped, "failure": self.trained.failure,
                          "final_test_loss": self.trained.test_loss, "baseline": self.trained.baseline,
                          "oscillation": self.oscillation, **self.stats.to_dict(), "loss": h.loss,
                          "grad_norm": h.grad_norm})
@@ -246,8 +246,11 @@ def parse_strategies(text: str) -> list[tuple[str, float | None]]:
 
 
 def compare_clipping(model: RNNModel, strategies, base: TrainConfig,
-                     progress: Callable[[str], None] | None = None) -> ClipComparison:
-    """Train ``model`` from the same seed under each strategy; recommend the best non-diverged one and say why."""
+                     progress: Callable[[str], None] | None = None,
+                     on_run: Callable[[list[ClipRun]], None] | None = None) -> ClipComparison:
+    """Train ``model`` from the same seed under each strategy; recommend the best non-diverged one and say why.
+    ``on_run(runs)`` is called with the runs finished so far after each one (to keep them as the comparison goes
+    on)."""
     runs = []
     for name, thr in strategies:
         if progress:
@@ -260,11 +263,15 @@ def compare_clipping(model: RNNModel, strategies, base: TrainConfig,
         with np.errstate(over="ignore", invalid="ignore"):
             osc = float(tail.std() / tail.mean()) if tail.size and tail.mean() > 0 else math.inf
         runs.append(ClipRun(name, thr, res, stats, osc))
-    ok = [r for r in runs if not r.trained.diverged and r.trained.test_loss is not None]
+        if on_run is not None:
+            on_run(list(runs))
+    ok = [r for r in runs if not r.trained.diverged and r.trained.failure is None and r.trained.test_loss is not None]
     reasons = []
     for r in runs:
         if r.trained.diverged:
             reasons.append(f"{r.label} diverged ({r.trained.history.stopped})")
+        elif r.trained.failure is not None:
+            reasons.append(f"{r.label} did not finish ({r.trained.failure}); it is not ranked")
     if not ok:
         return ClipComparison(model.cell, base.task, base.seq_len, base.seed, tuple(runs), None,
                               (*reasons, "every run diverged: lower the learning rate or the recurrent gain"))

@@ -1,45 +1,23 @@
 """Reading a user's input batch: one ``.npy`` array of shape (T, B, I), checked, never unpickled.
 
-Every problem raises :class:`InputFileError` (a ``ValueError``) with one line that names the file and says what
-to do; a missing file is a ``FileNotFoundError``.
+Every problem raises a ``ValueError`` (:class:`InputFileError`, or the reader's
+:class:`~rnndiag.npyfile.ArrayFileError`) with one line that names the file and says what to do; a missing file
+is a ``FileNotFoundError``. The header is read first: a file that declares more than it holds or more than the
+memory available is refused before its data is read.
 """
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ._validation import one_line
+from ._validation import first_overflow
+from .npyfile import ArrayFileError, NpyHeader, read_npy
 
 
-class InputFileError(ValueError):
+class InputFileError(ArrayFileError):
     """An input file cannot be used; the message says why and how to fix it."""
-
-
-def _read(path: Path) -> np.ndarray:
-    """The array in ``path``, refusing pickles, archives and anything that is not a .npy file."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "object arrays" in str(exc).lower():
-            raise InputFileError(f"input file {str(path)!r} holds a pickled object array, which rnndiag never "
-                                 "loads; save a numeric array with np.save") from None
-        if "pickled" in str(exc).lower():  # numpy's word for bytes that are not a .npy file
-            raise InputFileError(f"input file {str(path)!r} is not a .npy file (corrupt, or another format); save "
-                                 "it with np.save(path, x) with x of shape (T, B, I)") from None
-        raise InputFileError(f"input file {str(path)!r} is not a readable .npy ({one_line(exc)}); save it with "
-                             "np.save") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputFileError(f"input file {str(path)!r} cannot be read ({one_line(exc)}); save it with "
-                             "np.save") from None
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        keys = arr.files
-        arr.close()
-        raise InputFileError(f"input file {str(path)!r} is an .npz archive ({', '.join(keys[:3])}); pass one .npy "
-                             "array of shape (T, B, I)")
-    return arr
 
 
 def load_input(path, dtype=np.float64) -> np.ndarray:
@@ -51,20 +29,38 @@ def load_input(path, dtype=np.float64) -> np.ndarray:
     (5, 2, 3)
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"input file {str(path)!r} does not exist; check the path")
-    if path.is_dir():
-        raise InputFileError(f"input {str(path)!r} is a folder; pass a .npy file of shape (T, B, I)")
-    arr = _read(path)
-    if arr.dtype.kind not in "biuf":
-        raise InputFileError(f"input file {str(path)!r} has dtype {arr.dtype}; it must hold numbers of shape "
-                             "(T, B, I)")
-    if arr.ndim == 2:
-        raise InputFileError(f"input file {str(path)!r} has shape {arr.shape}; it must be (T, B, I) -- for one "
-                             "sequence use x[:, None, :]")
-    if arr.ndim != 3 or 0 in arr.shape:
-        raise InputFileError(f"input file {str(path)!r} has shape {arr.shape}; it must be (T, B, I) with every "
-                             "size >= 1")
-    if not np.isfinite(arr).all():
-        raise InputFileError(f"input file {str(path)!r} contains NaN or Inf; pass finite values")
+    what = f"input file {str(path)!r}"
+
+    def check(header: NpyHeader) -> None:  # before any data is read
+        shape = header.shape
+        if header.dtype.kind not in "biuf":
+            raise InputFileError(f"{what} has dtype {header.dtype}; it must hold numbers of shape (T, B, I)")
+        if len(shape) == 2:
+            raise InputFileError(f"{what} has shape {shape}; it must be (T, B, I) -- for one sequence use "
+                                 "x[:, None, :]")
+        if len(shape) != 3 or 0 in shape:
+            raise InputFileError(f"{what} has shape {shape}; it must be (T, B, I) with every size >= 1")
+
+    arr = read_npy(path, what, check=check)
+    check_finite(arr, what)
+    return as_dtype(arr, dtype, what, "--dtype float64")
+
+
+def check_finite(arr: np.ndarray, what: str) -> None:
+    """Refuse NaN or Inf, naming where the first one is."""
+    with np.errstate(all="ignore"):
+        bad = ~np.isfinite(arr) if arr.dtype.kind == "f" else None
+    if bad is not None and bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputFileError(f"{what} contains NaN or Inf (first at index {where}); pass finite values")
+
+
+def as_dtype(arr: np.ndarray, dtype, what: str, fix: str) -> np.ndarray:
+    """``arr`` as ``dtype``; a finite value that the narrower dtype cannot hold (1e300 as float32) is refused as
+    an overflow, naming the value and ``fix``, not reported as NaN or Inf."""
+    where = first_overflow(arr, dtype)
+    if where is not None:
+        raise InputFileError(f"{what} holds {float(arr[where]):.3g} at index {where}, which overflows "
+                             f"{np.dtype(dtype).name} (largest {float(np.finfo(dtype).max):.3g}); pass {fix} or "
+                             "rescale the values")
     return arr.astype(dtype, copy=False)

@@ -34,6 +34,7 @@ from .engine import Trace, backward, forward
 from .files import write_atomic
 from .jsonsafe import jsonable
 from .model import RNNModel
+from .npyfile import ArrayFileError, NpzArchive
 from .tasks import LOSS_TASKS, TEST_STREAM, TRAIN_STREAM, Problem, task_problem, task_readout
 
 OPTIMIZERS = ("adam", "sgd")
@@ -165,14 +166,29 @@ class TrainResult:
     history: History
     baseline: float | None
     test_loss: float | None
+    failure: str | None = None  # a fault that ended the run early and is not divergence (out of memory, a full disk)
+    checkpoint_saved: int | None = None  # iterations held by the last checkpoint written (None: none written)
 
     @property
     def diverged(self) -> bool:
         return self.history.stopped is not None
 
+    @property
+    def complete(self) -> bool:
+        """Every asked iteration ran, with finite numbers and no fault."""
+        return not self.diverged and self.failure is None and self.history.iterations == self.config.steps
+
     def to_dict(self) -> dict:
         return {"config": dataclasses.asdict(self.config), "baseline": self.baseline, "test_loss": self.test_loss,
-                "diverged": self.diverged, "history": self.history.to_dict()}
+                "diverged": self.diverged, "failure": self.failure, "history": self.history.to_dict()}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`: says where the run got to and which checkpoint holds what."""
+
+    def __init__(self, iteration: int, checkpoint: Path | None, saved: int | None):
+        self.iteration, self.checkpoint, self.saved = iteration, checkpoint, saved
+        super().__init__(f"interrupted at iteration {iteration}")
 
 
 def training_problem(cfg: TrainConfig, model: RNNModel, readout_wb, iteration: int, *,
@@ -189,9 +205,10 @@ def loss_and_grads(model: RNNModel, problem: Problem):
     with np.errstate(all="ignore"):
         fwd = forward(model, problem.x)
         loss, grad_h, gw, gb = problem.loss_and_grads(fwd.h.astype(np.float64))
+        grad_h = grad_h.astype(model.dtype)  # in float32 a finite float64 gradient can overflow here
         if not np.isfinite(grad_h).all():
             return loss, None, None
-        trace = backward(fwd, grad_h.astype(model.dtype))
+        trace = backward(fwd, grad_h)
     grads = dict(trace.param_grads)
     grads[READOUT[0]], grads[READOUT[1]] = gw, gb
     return loss, grads, trace
@@ -271,44 +288,77 @@ def train(
     held_out = training_problem(cfg, model, (w, b), 0, held_out=True)  # tested through the readout of the time
     start = history.iterations
     done_here = 0
-    for i in range(start, cfg.steps):
-        model = model.with_params({k: v for k, v in params.items() if k not in READOUT})
-        problem = training_problem(cfg, model, (params[READOUT[0]], params[READOUT[1]]), i)
-        loss, grads, trace = loss_and_grads(model, problem)
-        bad = _nonfinite(loss, grads)
-        if bad:
-            history.stopped = f"iteration {i}: {bad}; training stopped (history kept)"
-            break
-        clipped, total, fired = clipper(grads)
-        history.loss.append(float(loss))
-        history.grad_norm.append(total)
-        history.grad_norm_clipped.append(global_norm(clipped))
-        history.clipped.append(bool(fired))
-        history.cosine.append(cosine(clipped, grads) if fired else 1.0)
-        for k, g in grads.items():
-            history.param_norms[k].append(global_norm({k: g}))
-        if i in schedule:
-            history.diag.append(diagnose_step(model, trace, i, _test_loss(model, params, held_out)))
-        with np.errstate(all="ignore"):  # an overflowing update is caught just below, naming the parameter
-            params = opt.step(params, clipped)
-        new_bad = [k for k, v in params.items() if not np.isfinite(v).all()]
-        if new_bad:
-            history.stopped = f"iteration {i}: parameter {new_bad[0]} became non-finite after the update"
-            break
-        if progress is not None and progress(i, float(loss), total) is False:  # the caller asked to stop
+    saved = start if resume is not None else None
+    failure = None
+    i = start
+    try:
+        for i in range(start, cfg.steps):
+            params, stop = _iteration(i, cfg, model, params, opt, clipper, history, schedule, held_out, progress)
+            if stop:
+                break
             done_here += 1
-            break
-        done_here += 1
-        if checkpoint is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
-        if stop_after is not None and done_here >= stop_after:
-            break
+            if checkpoint is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0:
+                save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
+                saved = history.iterations
+            if stop_after is not None and done_here >= stop_after:
+                break
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(i, Path(checkpoint) if checkpoint is not None and saved is not None else None,
+                                  saved) from None
+    except MemoryError:
+        if history.iterations == start:  # nothing done yet: not a run that failed midway
+            raise
+        failure = (f"iteration {i}: out of memory; the {history.iterations} iterations before it are kept -- reduce "
+                   "--batch-size, --seq-len or --hidden-size")
+    except OSError as exc:  # a checkpoint that could not be written: a full disk, "File too large"
+        failure = (f"iteration {i}: the checkpoint {str(checkpoint)!r} could not be written ({exc.strerror or exc}); "
+                   f"the run stopped there, its {history.iterations} iterations are kept -- free space or choose "
+                   "another --checkpoint")
     final = model.with_params({k: v for k, v in params.items() if k not in READOUT}) \
         if all(np.isfinite(v).all() for v in params.values()) else model
-    if checkpoint is not None:
-        save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
+    if checkpoint is not None and failure is None:
+        try:
+            save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
+            saved = history.iterations
+        except OSError as exc:
+            failure = (f"the final checkpoint {str(checkpoint)!r} could not be written ({exc.strerror or exc}); "
+                       f"{'the last one written holds ' + str(saved) + ' iterations' if saved else 'none was written'}")
     test = _test_loss(final, params, held_out) if history.stopped is None else None
-    return TrainResult(final, params[READOUT[0]], params[READOUT[1]], cfg, history, held_out.batch.baseline, test)
+    return TrainResult(final, params[READOUT[0]], params[READOUT[1]], cfg, history, held_out.batch.baseline, test,
+                       failure, saved)
+
+
+def _iteration(i, cfg, model, params, opt, clipper, history, schedule, held_out, progress):
+    """One training iteration, recorded in ``history``: (the new parameters, whether the run stops here).
+
+    Everything is computed before anything is recorded, so a fault midway (out of memory) leaves ``history``
+    with whole iterations only."""
+    model = model.with_params({k: v for k, v in params.items() if k not in READOUT})
+    problem = training_problem(cfg, model, (params[READOUT[0]], params[READOUT[1]]), i)
+    loss, grads, trace = loss_and_grads(model, problem)
+    bad = _nonfinite(loss, grads)
+    if bad:
+        history.stopped = f"iteration {i}: {bad}; training stopped (history kept)"
+        return params, True
+    clipped, total, fired = clipper(grads)
+    record = {"loss": float(loss), "grad_norm": total, "grad_norm_clipped": global_norm(clipped),
+              "clipped": bool(fired), "cosine": cosine(clipped, grads) if fired else 1.0}
+    norms = {k: global_norm({k: g}) for k, g in grads.items()}
+    diag = diagnose_step(model, trace, i, _test_loss(model, params, held_out)) if i in schedule else None
+    with np.errstate(all="ignore"):  # an overflowing update is caught just below, naming the parameter
+        new_params = opt.step(params, clipped)
+    for name, value in record.items():
+        getattr(history, name).append(value)
+    for k, norm in norms.items():
+        history.param_norms[k].append(norm)
+    if diag is not None:
+        history.diag.append(diag)
+    new_bad = [k for k, v in new_params.items() if not np.isfinite(v).all()]
+    if new_bad:
+        history.stopped = f"iteration {i}: parameter {new_bad[0]} became non-finite after the update"
+        return new_params, True
+    # the caller's early stop: this iteration counts, the run ends here
+    return new_params, progress is not None and progress(i, float(loss), total) is False
 
 
 def _nonfinite(loss, grads) -> str | None:
@@ -331,8 +381,11 @@ def _test_loss(model, params, held_out: Problem) -> float | None:
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
+CHECKPOINT_MODE = 0o600  # a checkpoint is the whole training state: private to its owner, like an ssh key
+
+
 def save_checkpoint(path: Path, cfg, params, opt, clipper, history) -> None:
-    """Everything needed to continue, in one ``.npz`` (arrays + a JSON string), written atomically."""
+    """Everything needed to continue, in one ``.npz`` (arrays + a JSON string), written atomically, mode 0600."""
     # the history as recorded (NaN/Inf kept: this JSON is ours, read back by _load_checkpoint only)
     meta = {"config": dataclasses.asdict(cfg), "history": dataclasses.asdict(history), "step_count": opt.step_count,
             "clipper": clipper.state()}
@@ -340,28 +393,91 @@ def save_checkpoint(path: Path, cfg, params, opt, clipper, history) -> None:
     arrays |= {f"m/{k}": v for k, v in opt.m.items()} | {f"v/{k}": v for k, v in opt.v.items()}
     arrays["meta"] = np.array(json.dumps(meta, allow_nan=True))
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda fh: np.savez(fh, **arrays))
+    write_atomic(path, lambda fh: np.savez(fh, **arrays), mode=CHECKPOINT_MODE)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed; the message names it and says what to do."""
 
 
 def _load_checkpoint(path: Path, cfg, model, params, opt, clipper):
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check --resume")
+    """The state saved in ``path``, every part checked against this run before any of it is used: the file is a
+    regular ``.npz`` whose arrays are exactly this model's (names and shapes known from the headers, before any
+    data is decompressed), its settings are this run's, and its history is whole."""
+    what = f"checkpoint {str(path)!r}"
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{what} {why}")
+
+    want = {f"{part}/{k}": params[k].shape for part in ("param", "m", "v") for k in params}
     try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            new_params = {k[6:]: data[k] for k in data.files if k.startswith("param/")}
-            m = {k[2:]: data[k] for k in data.files if k.startswith("m/")}
-            v = {k[2:]: data[k] for k in data.files if k.startswith("v/")}
-    except Exception as exc:  # a broken checkpoint: one clear line
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}); start a new run") from None
-    if set(new_params) != set(params) or any(new_params[k].shape != params[k].shape for k in params):
-        raise ValueError(f"checkpoint {str(path)!r} belongs to another model (different parameters or shapes)")
-    keys = ("task", "seq_len", "batch_size", "optimizer", "lr", "momentum", "seed", "clip", "clip_threshold")
-    saved = {k: meta["config"][k] for k in keys}  # steps may differ: a run can be extended
+        with NpzArchive(path, what) as archive:
+            if "meta" not in archive.headers:
+                raise refuse("has no 'meta' record; it is not an rnndiag checkpoint (or it is damaged): start a new "
+                             "run without --resume")
+            names = set(archive.headers) - {"meta"}
+            if names != set(want) or any(archive.headers[k].shape != shape for k, shape in want.items()):
+                raise refuse("belongs to another model (different parameters or shapes); resume with the model that "
+                             "made it, or start a new run")
+            meta_header = archive.headers["meta"]
+            if meta_header.dtype.kind != "U" or meta_header.shape != () or meta_header.nbytes > 512 * 2**20:
+                raise refuse("has a damaged 'meta' record; start a new run without --resume")
+            archive.check_memory()
+            meta = json.loads(str(archive.load("meta")))
+            arrays = {k: archive.load(k) for k in want}
+    except ArrayFileError as exc:
+        raise CheckpointError(f"{exc.problem}; start a new run without --resume") from None
+    except json.JSONDecodeError:
+        raise refuse("has a damaged 'meta' record (not JSON); start a new run without --resume") from None
+    try:
+        saved_cfg = meta["config"]
+        keys = ("task", "seq_len", "batch_size", "optimizer", "lr", "momentum", "seed", "clip", "clip_threshold")
+        saved = {k: saved_cfg[k] for k in keys}  # steps may differ: a run can be extended
+        history = History.from_dict(meta["history"])
+        step_count = meta["step_count"]
+        clip_history = meta["clipper"]["history"]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        missing = f" (no {exc.args[0]!r})" if isinstance(exc, KeyError) else ""
+        raise refuse(f"is incomplete or damaged{missing}; start a new run without --resume") from None
     now = {k: getattr(cfg, k) for k in saved}
     if saved != now:
         diff = ", ".join(f"{k}: {saved[k]!r} vs {now[k]!r}" for k in saved if saved[k] != now[k])
-        raise ValueError(f"checkpoint {str(path)!r} was made with other settings ({diff}); resume with the same")
-    opt.m, opt.v, opt.step_count = m, v, int(meta["step_count"])
-    clipper.history = list(meta["clipper"]["history"])
-    return {k: new_params[k].astype(params[k].dtype) for k in params}, opt, clipper, History.from_dict(meta["history"])
+        raise refuse(f"was made with other settings ({diff}); resume with the same")
+    _check_history(history, set(params), step_count, clip_history, refuse)
+    if history.stopped is not None:
+        raise refuse(f"holds a run that stopped ({history.stopped}); it cannot continue: start a new run")
+    if history.iterations > cfg.steps:
+        raise refuse(f"already holds {history.iterations} iterations, more than --steps {cfg.steps}; pass --steps "
+                     f"{history.iterations} or more to continue it (--steps {history.iterations} reports it as it is)")
+    for k, v in arrays.items():
+        if v.dtype.kind != "f" or not np.isfinite(v).all():
+            raise refuse(f"array {k!r} is not finite floats; start a new run without --resume")
+    opt.m = {k: arrays[f"m/{k}"] for k in params}
+    opt.v = {k: arrays[f"v/{k}"] for k in params}
+    opt.step_count = step_count
+    clipper.history = [float(x) for x in clip_history]
+    return {k: arrays[f"param/{k}"].astype(params[k].dtype) for k in params}, opt, clipper, history
+
+
+def _check_history(history: History, names: set[str], step_count, clip_history, refuse) -> None:
+    """A saved history is whole: every per-iteration list as long as the loss list, one per-parameter list per
+    parameter, diagnostics at increasing iterations inside the run, the optimizer's step count equal to it."""
+    n = history.iterations
+    lists = {"grad_norm": history.grad_norm, "grad_norm_clipped": history.grad_norm_clipped,
+             "clipped": history.clipped, "cosine": history.cosine}
+    lists |= {f"param_norms[{k!r}]": history.param_norms.get(k) for k in names}
+    for name, values in lists.items():
+        if not isinstance(values, list) or len(values) != n:
+            got = "missing" if not isinstance(values, list) else f"{len(values)} entries"
+            raise refuse(f"has a damaged history: {name} is {got}, the loss has {n}; start a new run without "
+                         "--resume")
+    if set(history.param_norms) != names:
+        raise refuse("has a damaged history (per-parameter norms of other parameters); start a new run")
+    its = [d.iteration for d in history.diag]
+    if its != sorted(set(its)) or (its and not 0 <= its[-1] < n):
+        raise refuse("has a damaged history (diagnostics out of order or past its end); start a new run")
+    if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count != n:
+        raise refuse(f"has a damaged optimizer state (step count {step_count!r} for {n} iterations); start a new "
+                     "run without --resume")
+    if not isinstance(clip_history, list) or not all(isinstance(x, (int, float)) for x in clip_history):
+        raise refuse("has a damaged clipping state; start a new run without --resume")

@@ -8,17 +8,20 @@ file and says what to do.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import check_cell, check_dtype
+from ._validation import check_cell, check_dtype, first_overflow
 from .cells import CELLS, cell_module
-from .files import write_atomic
+from .files import PathError, check_name_length, open_regular, write_atomic
 from .model import RNNModel, param_shapes
+from .npyfile import ArrayFileError, NpzArchive, check_memory
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)$")
 CELL_KEY = "rnndiag_cell"  # optional 0-d string array: the cell name, so rnn_relu survives a round trip
@@ -36,29 +39,40 @@ def _file(path: Path) -> str:
     return f"weights file {str(path)!r}"
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+class _Member(NamedTuple):
+    """One array of an ``.npz`` weights file, known by its header; its data is read by :meth:`load` only."""
+
+    archive: NpzArchive
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.archive.headers[self.name].shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.archive.headers[self.name].dtype
+
+    def load(self) -> np.ndarray:
+        return self.archive.load(self.name)
+
+
+def _open_npz(path: Path) -> NpzArchive:
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise _fail(_file(path), "holds a single array, not named weights; save a dict with "
-                                     "np.savez(path, **state_dict)")
-        with data:
-            return {k: data[k] for k in data.files}
-    except WeightsFileError:
-        raise
-    except ValueError as exc:
-        if "object arrays" in str(exc).lower():
-            raise _fail(_file(path), "holds a pickled object array, which rnndiag never loads; save plain numeric "
-                                     "arrays (np.savez(path, **{k: v.numpy() for k, v in sd.items()}))") from None
-        if "pickled" in str(exc).lower():  # numpy's word for bytes that are neither zip nor .npy
-            raise _fail(_file(path), "is not an .npz archive (corrupt, or another format); re-save it with "
-                                     "np.savez(path, **state_dict)") from None
-        raise _fail(_file(path), f"is not a readable .npz ({exc}); re-save it with np.savez") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+        return NpzArchive(path, _file(path))
+    except ArrayFileError as exc:
+        if "cannot be read as an .npz archive" not in str(exc):
             raise
-        raise _fail(_file(path), f"is corrupt or truncated ({type(exc).__name__}: {exc}); re-save it with "
-                                 "np.savez") from None
+        with open_regular(path, _file(path)) as fh:
+            head = fh.read(6)
+    if head == b"\x93NUMPY":
+        raise _fail(_file(path), "holds a single array, not named weights; save a dict with "
+                                 "np.savez(path, **state_dict)") from None
+    if head[:2] == b"PK":
+        raise _fail(_file(path), "is corrupt or truncated (a damaged zip archive); re-save it with "
+                                 "np.savez(path, **state_dict)") from None
+    raise _fail(_file(path), "is not an .npz archive (another format); re-save it with "
+                             "np.savez(path, **state_dict)") from None
 
 
 def _read_torch(path: Path) -> dict:
@@ -69,7 +83,12 @@ def _read_torch(path: Path) -> dict:
                                  "convert it to .npz with np.savez(p, **{k: v.numpy() for k, v in sd.items()})") \
             from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, _file(path)) as fh:
+            # the tensors take about the file's size in memory (a .pt archive stores them uncompressed)
+            check_memory(os.fstat(fh.fileno()).st_size, f"{_file(path)} (loading)", "pass a smaller file")
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, PathError, ArrayFileError):
+        raise
     except Exception as exc:  # torch raises many types for bad files (UnpicklingError, RuntimeError, EOFError ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _fail(_file(path), f"cannot be read as a weights-only PyTorch state_dict ({first[:160]}); save "
@@ -82,32 +101,81 @@ def _read_torch(path: Path) -> dict:
     return obj
 
 
-def read_state_dict(path) -> dict:
-    """The raw entries of a weights file, unchecked (keys as stored): arrays from ``.npz``, tensors from ``.pt``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist; check the path")
-    if path.is_dir():
-        raise _fail(_file(path), "is a folder; pass the .npz or .pt file inside it")
+def _suffix(path: Path) -> str:
+    check_name_length(path, _file(path))
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        return _read_npz(path)
-    if suffix in (".pt", ".pth"):
-        return _read_torch(path)
-    raise _fail(_file(path), f"has an unknown extension {suffix or '(none)'!r}; use .npz (or .pt/.pth with torch "
-                             "installed)")
+    if suffix not in (".npz", ".pt", ".pth"):
+        raise _fail(_file(path), f"has an unknown extension {suffix or '(none)'!r}; use .npz (or .pt/.pth with torch "
+                                 "installed)")
+    return suffix
+
+
+def read_state_dict(path) -> dict:
+    """The raw entries of a weights file, unchecked (keys as stored): arrays from ``.npz``, tensors from ``.pt``.
+    A regular file only; an ``.npz`` is refused before decompression when its arrays exceed the memory available."""
+    path = Path(path)
+    if _suffix(path) == ".npz":
+        with _open_npz(path) as archive:
+            archive.check_memory()
+            return {name: archive.load(name) for name in archive.headers}
+    return _read_torch(path)
 
 
 def _as_array(source: str, key: str, value) -> np.ndarray:
-    """A numpy array of one state_dict entry: arrays as they are, tensors detached to the CPU (float16 and
-    bfloat16 widened to float32, which numpy can hold exactly)."""
+    """A numpy array of one state_dict entry: arrays as they are, ``.npz`` members read now, tensors detached to
+    the CPU (float16 and bfloat16 widened to float32, which numpy can hold exactly)."""
     if isinstance(value, np.ndarray):
         return value
-    if callable(getattr(value, "detach", None)) and hasattr(value, "dtype"):  # a torch.Tensor, without importing torch
+    if isinstance(value, _Member):
+        return value.load()
+    if _is_tensor(value):
         tensor = value.detach().cpu()
         if str(tensor.dtype) in ("torch.float16", "torch.bfloat16"):
             tensor = tensor.float()
         return tensor.numpy()
+    raise _fail(source, f"entry {key!r} is a {type(value).__name__}, not an array or tensor; pass "
+                        "model.state_dict() (or a dict of numpy arrays)")
+
+
+def _is_tensor(value) -> bool:
+    """A torch.Tensor, recognised without importing torch."""
+    return callable(getattr(value, "detach", None)) and hasattr(value, "dtype") and hasattr(value, "layout")
+
+
+class _Meta(NamedTuple):
+    """What an entry is, known without reading its data: shape, numpy dtype kind and the bytes it takes."""
+
+    shape: tuple[int, ...]
+    kind: str  # numpy's dtype kind: f, i, u, b, c, ...
+    dtype: str
+    nbytes: int
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _meta(source: str, key: str, value) -> _Meta:
+    """An entry's :class:`_Meta`; refuses tensors that hold no numbers rnndiag can read (meta device, sparse or
+    quantized layouts) naming the entry and the fix."""
+    if isinstance(value, (np.ndarray, _Member)):
+        dt = np.dtype(value.dtype)
+        return _Meta(tuple(value.shape), dt.kind, dt.name, math.prod(value.shape) * dt.itemsize)
+    if _is_tensor(value):
+        if getattr(value, "is_meta", False) or str(getattr(value, "device", "")) == "meta":
+            raise _fail(source, f"entry {key!r} is on PyTorch's meta device (a shape without values); save the "
+                                "weights of a materialised model (e.g. after model.to_empty(device='cpu') and "
+                                "load_state_dict)")
+        if str(value.layout) != "torch.strided":
+            raise _fail(source, f"entry {key!r} is a sparse tensor ({value.layout}); save dense weights, e.g. "
+                                "{k: v.to_dense() for k, v in state_dict.items()}")
+        if getattr(value, "is_quantized", False):
+            raise _fail(source, f"entry {key!r} is a quantized tensor ({value.dtype}); save the float weights "
+                                "(v.dequantize())")
+        kind = "f" if value.is_floating_point() else "c" if value.is_complex() else \
+            "b" if str(value.dtype) == "torch.bool" else "i"
+        return _Meta(tuple(int(d) for d in value.shape), kind, str(value.dtype).removeprefix("torch."),
+                     int(value.numel()) * int(value.element_size()))
     raise _fail(source, f"entry {key!r} is a {type(value).__name__}, not an array or tensor; pass "
                         "model.state_dict() (or a dict of numpy arrays)")
 
@@ -151,13 +219,17 @@ def _stored_cell(source: str, raw: dict) -> str | None:
     stored = raw.pop(CELL_KEY, None)
     if stored is None:
         return None
+    if isinstance(stored, _Member):
+        if stored.dtype.kind != "U" or math.prod(stored.shape) > 64:
+            raise _fail(source, f"key {CELL_KEY!r} must be a 0-d string array naming the cell")
+        stored = stored.load()
     stored = np.asarray(stored)
     if stored.dtype.kind != "U" or stored.ndim != 0:
         raise _fail(source, f"key {CELL_KEY!r} must be a 0-d string array naming the cell")
     return str(stored)
 
 
-def _check_keys(source: str, raw: dict[str, np.ndarray]) -> None:
+def _check_keys(source: str, raw: dict[str, _Meta]) -> None:
     if any(k.endswith("_reverse") for k in raw):
         raise _fail(source, "is a bidirectional RNN (keys ending in _reverse); rnndiag analyses one direction: "
                             "save a unidirectional model or drop the _reverse keys")
@@ -171,13 +243,28 @@ def _check_keys(source: str, raw: dict[str, np.ndarray]) -> None:
         missing = [k for k in ("weight_ih_l0", "weight_hh_l0") if k not in raw]
         raise _fail(source, f"is missing {', '.join(missing)}; expected PyTorch names weight_ih_l0, weight_hh_l0, ...")
     for k, v in raw.items():
-        if v.dtype.kind not in "fiu":
-            raise _fail(source, f"key {k!r} has dtype {v.dtype}, not numbers; save float arrays")
-        if not np.isfinite(v).all():
+        if v.kind not in "fiu":
+            raise _fail(source, f"key {k!r} has dtype {v.dtype}, not real numbers; save float arrays")
+
+
+def _check_values(source: str, arrays: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, np.ndarray]:
+    """The weights as ``dtype``, contiguous; NaN or Inf, and finite values that ``dtype`` cannot hold, refused."""
+    out = {}
+    for k, v in arrays.items():
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(v).all() if v.dtype.kind == "f" else True
+        if not finite:
             raise _fail(source, f"key {k!r} contains NaN or Inf; the weights are unusable (was training diverging?)")
+        where = first_overflow(v, dtype)
+        if where is not None:
+            raise _fail(source, f"key {k!r} holds {float(v[where]):.3g} at index {where}, which overflows "
+                                f"{dtype.name} (largest {float(np.finfo(dtype).max):.3g}); analyse in float64 "
+                                "(--dtype float64)")
+        out[k] = np.ascontiguousarray(v, dtype=dtype)
+    return out
 
 
-def _architecture(source: str, raw: dict[str, np.ndarray], cell: str | None, stored_cell: str | None):
+def _architecture(source: str, raw: dict[str, _Meta], cell: str | None, stored_cell: str | None):
     """(cell, input_size, hidden_size, num_layers, bias) from the keys and shapes, checked against ``cell``."""
     w_hh = raw["weight_hh_l0"]
     by_gates = _cell_for_gate_count()
@@ -227,7 +314,7 @@ def model_from_state_dict(state_dict, cell: str | None = None, prefix: str | Non
                         f"(module.state_dict()); got {type(state_dict).__name__}")
     raw = _strip_prefix(source, {str(k): v for k, v in state_dict.items()}, prefix)
     stored_cell = _stored_cell(source, raw)
-    raw = {k: _as_array(source, k, v) for k, v in raw.items()}
+    values, raw = raw, {k: _meta(source, k, v) for k, v in raw.items()}  # names, shapes and dtypes first
     _check_keys(source, raw)
     cell, input_size, H, num_layers, has_bias = _architecture(source, raw, cell, stored_cell)
     expected = param_shapes(cell, input_size, H, num_layers, has_bias)
@@ -246,9 +333,11 @@ def model_from_state_dict(state_dict, cell: str | None = None, prefix: str | Non
     if dtype is not None:
         dt = check_dtype(dtype)
     else:
-        kinds = {v.dtype for v in raw.values()}
-        dt = np.dtype(np.float32) if kinds <= {np.dtype(np.float32)} else np.dtype(np.float64)
-    params = {k: np.ascontiguousarray(raw[k], dtype=dt) for k in expected}
+        kinds = {raw[k].dtype for k in expected}
+        dt = np.dtype(np.float32) if kinds <= {"float32", "float16", "bfloat16"} else np.dtype(np.float64)
+    need = sum(raw[k].nbytes + math.prod(raw[k].shape) * dt.itemsize for k in expected)  # as read, and as used
+    check_memory(need, f"loading {source}", "pass a smaller model")
+    params = _check_values(source, {k: _as_array(source, k, values[k]) for k in expected}, dt)
     return RNNModel(cell, input_size, H, num_layers, has_bias, params, init="state_dict")
 
 
@@ -266,7 +355,12 @@ def load_weights(path, cell: str | None = None, *, dtype=None, prefix: str | Non
     'gru'
     """
     path = Path(path)
-    model = model_from_state_dict(read_state_dict(path), cell, prefix, dtype, source=_file(path))
+    if _suffix(path) == ".npz":  # read lazily: keys and shapes are checked before any array is decompressed
+        with _open_npz(path) as archive:
+            raw = {name: _Member(archive, name) for name in archive.headers}
+            model = model_from_state_dict(raw, cell, prefix, dtype, source=_file(path))
+    else:
+        model = model_from_state_dict(_read_torch(path), cell, prefix, dtype, source=_file(path))
     return dataclasses.replace(model, init=f"loaded from {path.name}")
 
 

@@ -104,7 +104,7 @@ def assert_one_line_error(result, code: int = 2) -> str:
 
 # -- files -----------------------------------------------------------------------------------------------------------
 def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under ``root`` (hidden ones too): relative path -> (kind, size, mtime_ns, mode)."""
+    """Every entry under ``root`` (hidden ones too): relative path -> (kind, size, mtime_ns of a file, mode)."""
     root = Path(root)
     snap = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -112,9 +112,12 @@ def snapshot(root: Path) -> dict[str, tuple]:
             p = Path(dirpath) / name
             st = p.lstat()
             kind = "dir" if p.is_dir() and not p.is_symlink() else "file"
-            snap[str(p.relative_to(root))] = (kind, st.st_size if kind == "file" else 0, st.st_mtime_ns, st.st_mode)
+            # a folder's mtime is left out: the check that files can be created there (a probe file made and removed
+            # before any work) changes it, while its entries, compared one by one, show whether anything was written
+            snap[str(p.relative_to(root))] = (kind, st.st_size if kind == "file" else 0,
+                                              st.st_mtime_ns if kind == "file" else 0, st.st_mode)
     st = root.lstat()
-    snap["."] = ("dir", 0, st.st_mtime_ns, st.st_mode)
+    snap["."] = ("dir", 0, 0, st.st_mode)
     return snap
 
 
@@ -191,3 +194,15 @@ def png_info(data: bytes) -> tuple[int, int]:
     width, height, depth, color = struct.unpack(">IIBB", chunks[0][1][:10])
     assert depth in (1, 2, 4, 8, 16) and color in (0, 2, 3, 4, 6), (depth, color)
     return width, height
+
+
+def freeze_report_clock(monkeypatch, when) -> None:
+    """Make every report folder named after the time ``when`` (a datetime): two runs "in the same second"."""
+    import datetime as dt
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return when
+
+    monkeypatch.setattr("rnndiag.files._dt.datetime", Frozen)

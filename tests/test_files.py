@@ -3,15 +3,25 @@ number formatter of every table."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _cli_helpers import hidden_temp_entries
+from _cli_helpers import freeze_report_clock, hidden_temp_entries
 
-from rnndiag.files import fresh_folder, write_atomic
+from rnndiag.files import (
+    OutputError,
+    PathError,
+    check_out_dir,
+    check_output_file,
+    fresh_folder,
+    open_regular,
+    write_atomic,
+    write_report,
+)
 from rnndiag.render import fmt_num
 
 
@@ -44,15 +54,68 @@ def test_write_atomic_through_numpy(tmp_path):
         np.testing.assert_array_equal(data["x"], np.arange(3))
 
 
-def test_fresh_folder_never_names_an_existing_folder(tmp_path):
+def test_fresh_folder_creates_a_new_folder_exclusively(tmp_path):
     first = fresh_folder(tmp_path, "lstm")
-    assert first.parent == tmp_path and first.name.startswith("lstm-") and not first.exists()
-    first.mkdir()
+    assert first.parent == tmp_path and first.name.startswith("lstm-") and first.is_dir()
+    assert not any(first.iterdir())
     second = fresh_folder(tmp_path, "lstm")
     if second.name[: len(first.name)] == first.name:  # the same second: a suffix
         assert second.name == f"{first.name}-2"
-    assert second != first and not second.exists()
-    assert isinstance(second, Path)
+    assert second != first and second.is_dir()
+
+
+def test_fresh_folder_takes_a_suffix_when_another_run_holds_the_name(tmp_path, monkeypatch):
+    """Two runs finishing in the same second: os.mkdir is the test, never exists()-then-create."""
+    freeze_report_clock(monkeypatch, dt.datetime(2026, 12, 6, 3, 0, 0))
+    made = [fresh_folder(tmp_path, "gru") for _ in range(3)]
+    assert [p.name for p in made] == ["gru-20261206-030000", "gru-20261206-030000-2", "gru-20261206-030000-3"]
+
+
+def test_write_report_replaces_an_empty_folder_in_one_step(tmp_path):
+    out = fresh_folder(tmp_path, "rnn")
+    assert write_report(out, {"a.txt": b"1", "b.txt": b"2"}, force=False) == out
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]
+    assert hidden_temp_entries(tmp_path) == []
+    with pytest.raises(OutputError, match="not empty"):
+        write_report(out, {"a.txt": b"3"}, force=False)
+
+
+def test_open_regular_refuses_a_named_pipe_without_waiting(tmp_path):
+    fifo = tmp_path / "w.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(PathError, match="named pipe, not a regular file"):
+        open_regular(fifo, "weights file")
+    with pytest.raises(PathError, match="folder, not a regular file"):
+        open_regular(tmp_path, "input file")
+    with pytest.raises(PathError, match="character device"):
+        open_regular("/dev/zero", "input file")
+    with pytest.raises(FileNotFoundError, match=r"input file .* does not exist"):
+        open_regular(tmp_path / "nope.npy", "input file")
+
+
+@pytest.mark.parametrize("make", [lambda p: p / ("x" * 300 + ".npz"), lambda p: p / "/".join(["d" * 200] * 25)])
+def test_too_long_names_are_one_clear_error(tmp_path, make):
+    path = make(tmp_path)
+    with pytest.raises(PathError, match="choose a shorter"):
+        open_regular(path, "weights file")
+    with pytest.raises(OutputError, match="choose a shorter"):
+        check_output_file(path, "--json file", force=False)
+    with pytest.raises(OutputError, match="choose a shorter"):
+        check_out_dir(path, force=False)
+
+
+def test_check_output_file_refuses_before_any_work(tmp_path):
+    with pytest.raises(OutputError, match="is a folder"):
+        check_output_file(tmp_path, "--checkpoint", force=True)
+    with pytest.raises(OutputError, match="does not exist; create it first"):
+        check_output_file(tmp_path / "missing" / "run.npz", "--checkpoint", force=False)
+    with pytest.raises(OutputError, match="no file can be created"):
+        check_output_file(Path("/proc/rnndiag-run.npz"), "--checkpoint", force=False)
+    (tmp_path / "old.json").write_text("{}")
+    with pytest.raises(OutputError, match="exists; pass --force"):
+        check_output_file(tmp_path / "old.json", "--json file", force=False)
+    assert check_output_file(tmp_path / "old.json", "--json file", force=True) == tmp_path / "old.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]  # the probe left nothing
 
 
 @pytest.mark.parametrize(("value", "spec", "shown"), [

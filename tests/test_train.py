@@ -676,7 +676,7 @@ def test_resume_from_a_corrupt_checkpoint(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         for name in _corrupt_files(tmp_path, good):
-            with pytest.raises(ValueError, match="cannot be read"):
+            with pytest.raises(ValueError, match=r"cannot be read|not an rnndiag checkpoint|damaged|pickled"):
                 train(m, _cfg(steps=4), resume=tmp_path / f"{name}.npz")
         gc.collect()
 
