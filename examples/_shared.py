@@ -31,9 +31,11 @@ def write_json_report(out: Path, metrics: dict, figures: dict | None = None) -> 
     """Write ``metrics.json`` (and PNG figures) into the new folder ``out``, atomically; refuses to overwrite."""
     files = {"metrics.json": json.dumps(jsonable(metrics), indent=1, allow_nan=False).encode("utf-8")}
     if figures:
-        from rnndiag.render.figures import png_bytes
+        from rnndiag.render.figures import draw_figures
 
-        files.update({f"{name}.png": png_bytes(fig) for name, fig in figures.items()})
+        # figures as drawn by rnndiag's renderers (name -> builder) or as made by a script (name -> Figure)
+        pngs, _ = draw_figures({name: fig if callable(fig) else (lambda fig=fig: fig) for name, fig in figures.items()})
+        files.update({f"{name}.png": data for name, data in pngs.items()})
     write_report(out, files, force=False)
     return out
 

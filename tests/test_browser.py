@@ -1,4 +1,6 @@
-"""Open a generated report in headless Chromium: every figure decodes, no console error, no network request.
+"""Open a generated report in headless Chromium: every figure decodes, no console error, no network request; the
+figures sit in a responsive grid (two side by side on a wide screen, one per row on a phone, no sideways scroll),
+each with a caption saying how to read it.
 
 Uses the system's Debian chromium (``/usr/bin/chromium``) through Playwright's sync API -- never a downloaded
 browser -- and, as a fallback that needs no Playwright, ``chromium --headless --screenshot``.
@@ -6,7 +8,9 @@ browser -- and, as a fallback that needs no Playwright, ``chromium --headless --
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,6 +39,16 @@ def report_files(tmp_path_factory) -> dict[str, Path]:
         assert_clean_exit(res, name)
         out[name] = base / name / "report.html"
     return out
+
+
+@pytest.fixture(scope="module")
+def comparison_file(tmp_path_factory) -> Path:
+    """report.html of a tiny `rnndiag init` (two schemes, no training: two figures)."""
+    out = tmp_path_factory.mktemp("browser") / "init"
+    res = invoke(["init", "--cell", "rnn_tanh", *SMALL, "--schemes", "pytorch,orthogonal", "--out", out,
+                  "--format", "html", "--quiet"])
+    assert_clean_exit(res, "init")
+    return out / "report.html"
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +131,135 @@ def test_chromium_headless_screenshot(report_files, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 0, res.stderr[-2000:]
     w, h = png_info(shot.read_bytes())
     assert (w, h) == (1100, 2400)
+
+
+# -- the figure grid at two widths -----------------------------------------------------------------------------------
+WIDE = {"viewport": {"width": 1200, "height": 900}}
+PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 3}
+LAYOUT_JS = """() => ({
+  innerWidth: window.innerWidth,
+  scrollWidth: document.documentElement.scrollWidth,
+  figures: Array.from(document.querySelectorAll('figure')).map(f => {
+    const r = f.getBoundingClientRect();
+    const img = f.querySelector('img');
+    const cap = f.querySelector('figcaption');
+    return {id: f.id, top: Math.round(r.top + window.scrollY), bottom: Math.round(r.bottom + window.scrollY),
+            left: r.left, right: r.right, width: r.width,
+            img: img ? {complete: img.complete, w: img.getBoundingClientRect().width, nw: img.naturalWidth,
+                        right: img.getBoundingClientRect().right} : null,
+            note: (f.querySelector('.figure-error') || {}).textContent || null,
+            caption: cap ? cap.textContent.trim() : ''};
+  })})"""
+
+
+def _layout(browser, report: Path, device: dict, *, css: str | None = None, html: str | None = None) -> dict:
+    """The figures' boxes and the page's scroll width, with ``report`` opened on ``device``; ``css`` or ``html``
+    (controls) are added to the page first."""
+    context = browser.new_context(**device)
+    page = context.new_page()
+    try:
+        page.goto(report.resolve().as_uri(), wait_until="load")
+        if css:
+            page.add_style_tag(content=css)
+        if html:
+            page.evaluate("h => document.body.insertAdjacentHTML('beforeend', h)", html)
+        return page.evaluate(LAYOUT_JS)
+    finally:
+        context.close()
+
+
+def _rows(figures: list[dict]) -> list[list[dict]]:
+    """Figures grouped by the row they sit in (the same top, within a pixel)."""
+    rows: list[list[dict]] = []
+    for f in sorted(figures, key=lambda f: (f["top"], f["left"])):
+        if rows and abs(rows[-1][0]["top"] - f["top"]) <= 1:
+            rows[-1].append(f)
+        else:
+            rows.append([f])
+    return rows
+
+
+def assert_two_columns(layout: dict) -> None:
+    figs = layout["figures"]
+    assert len(figs) >= 2, figs
+    rows = _rows(figs)
+    pairs = [r for r in rows if len(r) == 2]
+    assert pairs, f"no two figures side by side: {[[f['id'] for f in r] for r in rows]}"
+    for row in pairs:
+        a, b = row
+        assert b["left"] >= a["right"] - 1, (a, b)  # side by side, not overlapping
+    assert all(len(r) <= 2 for r in rows), [[f["id"] for f in r] for r in rows]
+    assert layout["scrollWidth"] <= layout["innerWidth"] + 1, layout
+
+
+def assert_one_column(layout: dict) -> None:
+    width = layout["innerWidth"]
+    assert width == 390, f"the page is laid out {width} px wide on a 390 px phone (something is too wide)"
+    assert layout["scrollWidth"] <= width + 1, f"horizontal scroll on a phone: {layout['scrollWidth']} > {width}"
+    for row in _rows(layout["figures"]):
+        assert len(row) == 1, f"figures share a row on a phone: {[f['id'] for f in row]}"
+    for f in layout["figures"]:
+        assert f["left"] >= -1 and f["right"] <= width + 1, f
+        if f["img"]:
+            assert f["img"]["complete"] and 0 < f["img"]["w"] <= f["width"] + 1, f
+            assert f["img"]["right"] <= width + 1, f
+    tops = [f["top"] for f in layout["figures"]]
+    for f, g in zip(layout["figures"], layout["figures"][1:]):
+        assert g["top"] >= f["bottom"] - 1, (f["id"], g["id"])  # stacked, not overlapping
+    assert len(set(tops)) == len(tops)
+
+
+def assert_captions(layout: dict) -> None:
+    for f in layout["figures"]:
+        title = f["id"].removeprefix("fig-").replace("_", " ")
+        assert f["caption"].startswith(title), f
+        assert len(f["caption"]) > len(title) + 40, f"no caption saying how to read {f['id']}: {f['caption']!r}"
+
+
+@pytest.mark.parametrize("name", ["rnn_tanh", "lstm", "init"])
+def test_figures_form_a_responsive_grid(browser, report_files, comparison_file, name):
+    report = comparison_file if name == "init" else report_files[name]
+    wide = _layout(browser, report, WIDE)
+    assert len(wide["figures"]) == {"rnn_tanh": 6, "lstm": 7, "init": 2}[name]
+    assert_two_columns(wide)
+    assert_captions(wide)
+    phone = _layout(browser, report, PHONE)
+    assert [f["id"] for f in phone["figures"]] == [f["id"] for f in wide["figures"]]
+    assert_one_column(phone)
+    assert_captions(phone)
+
+
+def test_the_layout_checks_can_fail(browser, report_files):
+    """Controls: figures stacked as plain blocks are caught on the wide screen, a too-wide element on the phone."""
+    report = report_files["rnn_tanh"]
+    with pytest.raises(AssertionError, match="side by side"):
+        assert_two_columns(_layout(browser, report, WIDE, css=".figures { display: block !important; }"))
+    with pytest.raises(AssertionError, match="390"):
+        assert_one_column(_layout(browser, report, PHONE, html='<div style="width: 900px; height: 10px"></div>'))
+    with pytest.raises(AssertionError, match="share a row"):
+        assert_one_column(_layout(browser, report, PHONE, css=".figures { grid-template-columns: 1fr 1fr; }"))
+
+
+def test_a_figure_that_could_not_be_drawn_is_a_note_in_the_grid(browser, report_files, tmp_path):
+    """``figure_errors``: the figure's cell says why (escaped) and where the numbers are; the others are drawn."""
+    from rnndiag.render.html import render_comparison
+
+    embedded = dict(re.findall(r'<figure id="fig-(\w+)"[^>]*>\s*<img src="data:image/png;base64,([^"]+)"',
+                               report_files["rnn_tanh"].read_text("utf-8")))
+    pngs = {name: base64.b64decode(embedded[name]) for name in ("grad_norm_per_step", "singular_values")}
+    reason = "ValueError: <b>axis limits</b> cannot be NaN"
+    text = render_comparison("train", "<i>t</i>", "headline", [], ["a"], [["1"]], [("k", "v")], "rnndiag train",
+                             {"k": 1}, pngs, figure_errors={"lyapunov_spectrum": reason})
+    assert "&lt;b&gt;axis limits&lt;/b&gt;" in text and "<b>axis" not in text
+    page = tmp_path / "report.html"
+    page.write_text(text, "utf-8")
+    wide = _layout(browser, page, WIDE)
+    ids = [f["id"] for f in wide["figures"]]
+    assert ids == ["fig-grad_norm_per_step", "fig-singular_values", "fig-lyapunov_spectrum"], ids
+    missing = wide["figures"][2]
+    assert missing["img"] is None
+    assert missing["note"] == (f"figure lyapunov_spectrum could not be drawn: {reason}; the numbers are in "
+                               "metrics.json")
+    assert_two_columns(wide)
+    assert_captions(wide)
+    assert_one_column(_layout(browser, page, PHONE))

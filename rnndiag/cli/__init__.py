@@ -8,9 +8,11 @@ stderr (``rnndiag: error: ...``) and exit code 2, with nothing written.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
+from .._validation import one_line
 from .._version import __version__
 from .analyze import analyze_cmd
 from .compare import clip_cmd, init_cmd
@@ -24,7 +26,11 @@ class OneLineGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         try:
-            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                # numpy's floating-point warnings (overflow in a product at gain 1e308): the results already say
+                # what is non-finite, in words; a warning line with a source path would only look like a crash
+                warnings.simplefilter("ignore", RuntimeWarning)
+                rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:  # bare `rnndiag`: show the help, as help
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
             sys.exit(0)
@@ -35,6 +41,12 @@ class OneLineGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"rnndiag: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
+        except MemoryError:  # past every command's own estimate: still one line, never a traceback
+            click.echo("rnndiag: error: out of memory; reduce --batch-size, --seq-len or --hidden-size", err=True)
+            sys.exit(2)
+        except OSError as exc:  # a file system fault outside the commands' own checks (a full disk while writing)
+            click.echo(f"rnndiag: error: {one_line(exc)}", err=True)
+            sys.exit(2)
         except click.exceptions.Abort:
             click.echo("rnndiag: aborted", err=True)
             sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from ..cells import CELLS
 from ..model import RNNModel
 from ..tasks import TASKS, AnalysedLoss, Problem
 from .output import InputError, OutputRequest, Report, emit, library_errors, output_options, output_request
-from .requests import ModelRequest, gain_options, given_options, init_option, weights_options
+from .requests import ModelRequest, check_memory, gain_options, given_options, init_option, weights_options
 
 # the built-in demo: a tanh RNN with the seed tutorial's 0.01*randn initialization on the adding problem
 DEMO_CELL, DEMO_INIT, DEMO_TASK = "rnn_tanh", "tutorial", "adding"
@@ -91,6 +92,7 @@ def build_inputs(data: DataRequest, model: RNNModel, seed: int, file_x: np.ndarr
         if x.shape[2] != model.input_size:
             raise InputError(f"input file {str(data.input_path)!r} has {x.shape[2]} input channels (shape "
                              f"{x.shape}); the model takes {model.input_size}")
+        check_memory(_estimate(model, x.shape[0], x.shape[1], None, data.loss))
         return Inputs(x, None, f"{data.input_path} (shape {x.shape})", ("--input", str(data.input_path)))
     task = data.task or DEMO_TASK
     if task != "noise" and task_input_size(task) != model.input_size:
@@ -98,11 +100,20 @@ def build_inputs(data: DataRequest, model: RNNModel, seed: int, file_x: np.ndarr
             raise InputError(f"task {task} feeds {task_input_size(task)} input channels but the model takes "
                              f"{model.input_size}; use --task noise or --input FILE.npy")
         task = "noise"
+    check_memory(_estimate(model, data.seq_len, data.batch_size, task, data.loss))
     problem = task_problem(task, data.seq_len, data.batch_size, seed, model.hidden_size,
                            input_size=model.input_size, dtype=model.dtype)
     T, B, _ = problem.x.shape
     return Inputs(problem.x, problem, f"task {task}, T = {T}, B = {B}, seed {seed}",
                   ("--task", task, "--seq-len", str(data.seq_len), "--batch-size", str(data.batch_size)))
+
+
+def _estimate(model: RNNModel, seq_len: int, batch_size: int, task: str | None, loss: str | None):
+    from ..memory import INPUT_FILE_OPTION, estimate_analyze
+
+    estimate = estimate_analyze(model.cell, model.input_size, model.hidden_size, model.num_layers, seq_len,
+                                batch_size, model.dtype, task=task, loss=loss)
+    return estimate if task is not None else dataclasses.replace(estimate, option=INPUT_FILE_OPTION)
 
 
 def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
@@ -193,8 +204,9 @@ def analyze_cmd(**opts):
         ("hidden size", diag.hidden_size), ("layers", diag.num_layers), ("init", diag.init),
         ("seed", request.model.seed), ("input", inputs.label), ("loss", loss.detail), ("dtype", diag.dtype),
         ("horizon factor", request.horizon_factor)]}
-    written = emit(output, Report(metrics, lambda: all_figures(diag),
-                                  lambda pngs: render_html(diag, metrics, pngs, config)), console, model.cell)
+    report = Report(metrics, lambda: all_figures(diag),
+                    lambda pngs, failed: render_html(diag, metrics, pngs, config, figure_errors=failed))
+    written = emit(output, report, console, model.cell)
     summary(console, diag, str(written.path) if written.path else None)
     if not output.quiet:
         console.print(f"[dim]done in {time.perf_counter() - t_start:.2f} s (model {model_s:.2f} s, analysis "

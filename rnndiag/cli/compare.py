@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 
 import click
 
+from ..files import write_atomic
 from .output import (
     InputError,
     OutputRequest,
@@ -21,6 +24,7 @@ from .output import (
 from .requests import (
     ModelRequest,
     TrainingRequest,
+    check_memory,
     given_options,
     init_option,
     training_command,
@@ -68,6 +72,7 @@ def init_cmd(**opts):
       rnndiag init --cell lstm --schemes pytorch,keras,orthogonal --train-steps 500
     """
     from ..experiments import LEARNED_FRACTION, compare_inits
+    from ..memory import estimate_init
     from ..render.compare import init_figures, init_headline, init_table
     from ..tasks import input_size as task_input_size
 
@@ -75,6 +80,9 @@ def init_cmd(**opts):
     model_req, training = request.model, request.training
     console = request.output.console()
     with library_errors():
+        check_memory(estimate_init(model_req.cell, None, model_req.hidden_size, model_req.num_layers, training.seq_len,
+                                   training.batch_size, "float64", task=training.task, schemes=len(request.schemes),
+                                   train_steps=request.train_steps))
         cmp = compare_inits(model_req.cell, task_input_size(training.task), model_req.hidden_size,
                             schemes=request.schemes, num_layers=model_req.num_layers, task=training.task,
                             seq_len=training.seq_len, batch_size=training.batch_size, seed=training.seed,
@@ -134,15 +142,25 @@ def clip_cmd(**opts):
       rnndiag clip --strategies none,global_norm:1,value:5 --steps 500
     """
     from ..experiments import compare_clipping
+    from ..memory import estimate_clip
     from ..render.compare import clip_figures, clip_headline, clip_table
 
     request = clip_request(opts)
-    training = request.training
-    console = request.output.console()
+    training, output = request.training, request.output
+    console = output.console()
     with library_errors():
         model = request.model.build_for_task(training.task)
+        check_memory(estimate_clip(model.cell, model.input_size, model.hidden_size, model.num_layers, training.seq_len,
+                                   training.batch_size, model.dtype, task=training.task, steps=request.steps,
+                                   strategies=len(request.strategies)))
+        run_folder = output.reserve(f"clip-{model.cell}") if output.formats else None
+
+        def keep(runs) -> None:  # each finished run is on disk at once: a killed comparison loses one run at most
+            write_atomic(run_folder / "runs_so_far.json",
+                         json.dumps({"runs": [r.to_dict() for r in runs]}, allow_nan=False).encode("utf-8"))
+
         cmp = compare_clipping(model, request.strategies, training.config(request.steps),
-                               progress=progress_printer(console))
+                               progress=progress_printer(console), on_run=keep if run_folder else None)
     table, headline = clip_table(cmp, f"{model.cell} ({model.init})"), clip_headline(cmp)
     print_results(console, table, headline)
     command = training_command("clip", request.model, training, ["--strategies", request.strategies_text,
@@ -150,4 +168,11 @@ def clip_cmd(**opts):
     config = training.config_rows(model, ("steps", request.steps))
     report = comparison_report("clip", f"{model.cell} on {training.task}", table, headline, config, command,
                                cmp.to_dict(), lambda: clip_figures(cmp))
-    print_report_path(console, emit(request.output, report, console, f"clip-{model.cell}"))
+    written = emit(output, report, console, f"clip-{model.cell}", reserved=run_folder)
+    if run_folder is not None:  # the whole comparison is in metrics.json now
+        (run_folder / "runs_so_far.json").unlink(missing_ok=True)
+    print_report_path(console, written)
+    failed = [f"{r.label}: {r.trained.failure}" for r in cmp.runs if r.trained.failure]
+    if failed:  # a fault, not divergence (which is what clip shows): stderr whatever the verbosity, exit 1
+        click.echo(f"rnndiag: {len(failed)} run(s) did not finish: {'; '.join(failed)}", err=True)
+        sys.exit(1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from .._validation import one_line
 from .._version import __version__
-from ..files import OutputError, check_out_dir, fresh_folder, write_atomic, write_report
+from ..files import OutputError, check_out_dir, check_output_file, fresh_folder, write_atomic, write_report
 
 FORMATS = ("html", "png", "json")
 REPORTS = Path("reports")  # the default report folder, relative to where the command runs
@@ -28,6 +29,12 @@ class InputError(click.ClickException):
     """A bad input: one line on stderr, exit code 2."""
 
     exit_code = 2
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C, with what was kept: one line on stderr, exit code 130."""
+
+    exit_code = 130
 
 
 @contextlib.contextmanager
@@ -80,8 +87,18 @@ class OutputRequest:
         return Console(stderr=self.json_stdout, quiet=self.quiet, highlight=False)
 
     def folder(self, name: str) -> Path:
-        """The report folder: ``--out``, or a new ``reports/<name>-<YYYYmmdd-HHMMSS>``."""
+        """The report folder: ``--out``, or a new ``reports/<name>-<YYYYmmdd-HHMMSS>`` created now, exclusively."""
         return self.out if self.out is not None else fresh_folder(REPORTS, name)
+
+    def reserve(self, name: str) -> Path:
+        """Create the report folder now, for a run that writes into it as it goes (a training checkpoint): a new
+        one under reports/, or ``--out`` (created exclusively where it does not exist)."""
+        if self.out is None:
+            return fresh_folder(REPORTS, name)
+        if not self.out.is_dir():
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(self.out)  # exclusive: fails if another process made it meanwhile
+        return self.out
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -98,14 +115,10 @@ def parse_formats(text: str) -> tuple[str, ...]:
 def _json_path(json_to: str | None, force: bool) -> Path | None:
     if json_to in (None, "-"):
         return None
-    dest = Path(json_to)
-    if dest.is_dir():
-        raise InputError(f"--json path {str(dest)!r} is a folder; give a file name such as metrics.json")
-    if dest.exists() and not force:
-        raise InputError(f"--json file {str(dest)!r} exists; pass --force or choose another path")
-    if not dest.parent.is_dir():
-        raise InputError(f"--json path {str(dest)!r}: folder {str(dest.parent)!r} does not exist; create it first")
-    return dest
+    try:
+        return check_output_file(Path(json_to), "--json file", force=force)
+    except OutputError as exc:
+        raise InputError(one_line(exc)) from None
 
 
 def output_request(opts: dict) -> OutputRequest:
@@ -130,8 +143,8 @@ class Report:
     only for the formats asked for)."""
 
     metrics: dict
-    figures: Callable[[], dict]  # figure name -> matplotlib Figure
-    html: Callable[[dict[str, bytes]], str]  # the PNGs by figure name -> the page
+    figures: Callable[[], dict]  # figure name -> a function that draws it (a matplotlib Figure, or None)
+    html: Callable[[dict[str, bytes], dict[str, str]], str]  # (PNGs by figure name, figures not drawn) -> the page
 
 
 @dataclass(frozen=True)
@@ -141,34 +154,48 @@ class Written:
     writing_s: float
 
 
-def emit(request: OutputRequest, report: Report, console: Console, folder_name: str) -> Written:
-    """Write the report the request asks for (a default folder is named ``folder_name``-<time>) and print
-    ``--json -``; a write that fails is one line, exit 2."""
-    from ..render.figures import png_bytes
+def emit(request: OutputRequest, report: Report, console: Console, folder_name: str, *,
+         reserved: Path | None = None) -> Written:
+    """Write the report the request asks for (a default folder is named ``folder_name``-<time>; ``reserved``: the
+    folder this run made at its start and wrote into as it went) and print ``--json -``; a write that fails is one
+    line, exit 2."""
+    from ..render.figures import draw_figures
 
     formats = request.formats
     t0 = time.perf_counter()
     pngs: dict[str, bytes] = {}
+    failed: dict[str, str] = {}
     if {"png", "html"} & set(formats):
         with console.status("drawing figures...", spinner="dots"):
-            pngs = {figure: png_bytes(fig) for figure, fig in report.figures().items()}
+            pngs, failed = draw_figures(report.figures())
+        for figure, reason in failed.items():  # the figure is lost, never the metrics or the other figures
+            console.print(Text(f"warning: figure {figure} could not be drawn ({reason}); its numbers are in the "
+                               "metrics", style="yellow"))
     figures_s = time.perf_counter() - t0
     files: dict[str, bytes] = {}
     if "png" in formats:
         files.update({f"{figure}.png": data for figure, data in pngs.items()})
     if "html" in formats:
-        files["report.html"] = report.html(pngs).encode("utf-8")
+        files["report.html"] = report.html(pngs, failed).encode("utf-8")
     if "json" in formats:
         files["metrics.json"] = json.dumps(report.metrics, indent=1, allow_nan=False).encode("utf-8")
     t0 = time.perf_counter()
     shown = None
     if files:
-        folder = request.folder(folder_name)
+        folder = reserved or request.out or REPORTS
         try:
-            write_report(folder, files, request.force)
+            if reserved is not None:  # ours since the run began: file by file, each atomically
+                for name, data in files.items():
+                    write_atomic(reserved / name, data)
+            else:
+                folder = request.folder(folder_name)
+                write_report(folder, files, request.force)
             if request.json_path is not None:
                 write_atomic(request.json_path, files["metrics.json"])
         except (OSError, OutputError) as exc:
+            if request.out is None and reserved is None and folder != REPORTS:  # the new folder made for it, empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise InputError(f"cannot write the report to {str(folder)!r}: {one_line(exc)}") from None
         shown = folder / "report.html" if "html" in formats else folder
     writing_s = time.perf_counter() - t0
@@ -199,8 +226,9 @@ def comparison_report(kind: str, title: str, table, headline, config, command: s
     from ..render.html import render_comparison
 
     metrics = {"rnndiag_version": __version__, **metrics, "command": command}
-    return Report(metrics, figures, lambda pngs: render_comparison(
-        kind, title, headline.text, headline.reasons, table.columns, table.rows, config, command, metrics, pngs))
+    return Report(metrics, figures, lambda pngs, failed: render_comparison(
+        kind, title, headline.text, headline.reasons, table.columns, table.rows, config, command, metrics, pngs,
+        figure_errors=failed))
 
 
 def progress_printer(console: Console) -> Callable[[str], None]:

@@ -199,6 +199,17 @@ class TrainingRequest:
                 ("optimizer", f"{self.optimizer}, lr {self.lr:g}"), *rows, ("seed", self.seed)]
 
 
+def check_memory(estimate) -> None:
+    """Refuse, before allocating, work whose estimated peak does not fit the memory available now: one line with
+    the estimate, the limit and the option to change (exit code 2)."""
+    from ..memory import ResourceError, check_fits
+
+    try:
+        check_fits(estimate)
+    except ResourceError as exc:
+        raise InputError(str(exc)) from None
+
+
 def training_command(kind: str, model_req: ModelRequest, training: TrainingRequest, extra: list[str], *,
                      model: RNNModel | None = None, with_init: bool = True) -> str:
     """The command line that reproduces an init, clip or train run: ``model`` is the one loaded from weights

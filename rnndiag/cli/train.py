@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from .._validation import one_line
 from .output import (
     InputError,
+    Interrupted,
     OutputRequest,
     comparison_report,
     emit,
@@ -23,6 +25,7 @@ from .output import (
 from .requests import (
     ModelRequest,
     TrainingRequest,
+    check_memory,
     given_options,
     init_option,
     training_command,
@@ -51,26 +54,47 @@ class TrainRequest:
 def _clip_strategy(text: str) -> tuple[str, float | None]:
     from ..experiments import parse_strategies
 
+    if not text.strip():
+        raise InputError("--clip is empty; give one strategy, e.g. --clip global_norm:1 (or --clip none)")
     try:
         ((name, threshold),) = parse_strategies(text)
     except ValueError as exc:
-        raise InputError(one_line(exc) if "," not in text else "--clip takes one strategy, e.g. global_norm:1") \
-            from None
+        raise InputError(one_line(exc).replace("--strategies", "--clip") if "," not in text.strip(",") else
+                         "--clip takes one strategy, e.g. global_norm:1") from None
     return name, threshold
+
+
+def _checkpoint(opts: dict) -> Path | None:
+    """--checkpoint, checked before any training: a file (not a folder or a pipe) that can be created in an
+    existing folder; with --resume an existing regular file."""
+    from ..files import PathError, check_output_file, open_regular
+
+    checkpoint, resume = opts["checkpoint"], opts["resume"]
+    if checkpoint is None:
+        if resume:
+            raise InputError("--resume needs --checkpoint FILE")
+        return None
+    try:
+        if resume:
+            open_regular(checkpoint, "checkpoint").close()  # exists, is a regular file, is readable
+            check_output_file(checkpoint, "checkpoint", force=True)  # and can be replaced as the run goes on
+        else:
+            check_output_file(checkpoint, "checkpoint", force=opts["force"])
+    except (PathError, OSError) as exc:
+        text = one_line(exc)
+        if "exists; pass --force" in text:
+            text = f"checkpoint {str(checkpoint)!r} exists; pass --resume to continue it or --force to start over"
+        raise InputError(text) from None
+    return checkpoint
 
 
 def train_request(opts: dict) -> TrainRequest:
     output = output_request(opts)
     model, training = ModelRequest.from_options(opts, given_options()), TrainingRequest.from_options(opts)
     clip = _clip_strategy(opts["clip_spec"])
-    checkpoint, resume = opts["checkpoint"], opts["resume"]
-    if resume and checkpoint is None:
-        raise InputError("--resume needs --checkpoint FILE")
-    if checkpoint is not None and checkpoint.exists() and not resume and not opts["force"]:
-        raise InputError(f"checkpoint {str(checkpoint)!r} exists; pass --resume to continue it or --force to start "
-                         "over")
+    checkpoint = _checkpoint(opts)
     return TrainRequest(model, training, opts["steps"], clip, opts["clip_spec"], opts["schedule"], opts["diag_points"],
-                        checkpoint, opts["checkpoint_every"] if checkpoint else 0, resume, output)
+                        checkpoint, opts["checkpoint_every"], opts["resume"], output)
 
 
 @click.command("train")
@@ -97,36 +121,68 @@ def train_cmd(**opts):
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..memory import estimate_train
     from ..render.compare import train_figures, train_headline, train_table
-    from ..train import train
+    from ..train import TrainingInterrupted, train
 
     request = train_request(opts)
     training, output = request.training, request.output
     console = output.console()
     with library_errors():
         model = request.model.build_for_task(training.task)
+        check_memory(estimate_train(model.cell, model.input_size, model.hidden_size, model.num_layers,
+                                    training.seq_len, training.batch_size, model.dtype, task=training.task,
+                                    steps=request.steps, diag_points=request.diag_points))
+        checkpoint, run_folder = request.checkpoint, None
+        if checkpoint is None and output.formats:  # the run writes its checkpoint into its report folder as it goes
+            run_folder = output.reserve(f"train-{model.cell}")
+            checkpoint = run_folder / "checkpoint.npz"
+            if not output.quiet:
+                console.print(Text(f"checkpoint every {request.checkpoint_every} iterations: {checkpoint} (continue "
+                                   "a stopped run with --checkpoint PATH --resume)", style="dim"))
         cfg = training.config(request.steps, clip=request.clip[0], clip_threshold=request.clip[1],
                               schedule=request.schedule, diag_points=request.diag_points,
-                              checkpoint_every=request.checkpoint_every)
+                              checkpoint_every=request.checkpoint_every if checkpoint is not None else 0)
+        trained = 0
         with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}  |g| {task.fields[norm]}"), TimeRemainingColumn(),
-                      console=console, transient=True, disable=output.quiet) as bar:
+                      console=console, transient=True, disable=output.quiet or not console.is_terminal) as bar:
             task = bar.add_task("train", total=cfg.steps, loss="-", norm="-")
 
             def progress(i, loss, norm):
+                nonlocal trained
+                trained += 1
                 bar.update(task, completed=i + 1, loss=f"{loss:.4g}", norm=f"{norm:.3g}")
 
-            result = train(model, cfg, resume=request.checkpoint if request.resume else None,
-                           checkpoint=request.checkpoint, progress=progress)
+            try:
+                result = train(model, cfg, resume=checkpoint if request.resume else None, checkpoint=checkpoint,
+                               progress=progress)
+            except TrainingInterrupted as exc:
+                raise Interrupted(_interrupted(exc, explicit=request.checkpoint is not None)) from None
     title = f"{model.describe()} on {training.task}"
     table, headline = train_table(result, f"{title}: diagnostics over training"), train_headline(result)
-    print_results(console, table, headline, alarm=result.diverged)
+    print_results(console, table, headline, alarm=result.diverged or result.failure is not None)
     command = training_command("train", request.model, training, [
         "--steps", str(request.steps), "--clip", request.clip_text, "--schedule", request.schedule,
         "--diag-points", str(request.diag_points)], model=model)
     config = training.config_rows(model, ("clipping", request.clip_text), ("steps", request.steps))
     report = comparison_report("train", title, table, headline, config, command,
                                {"cell": model.cell, **result.to_dict()}, lambda: train_figures(result))
-    print_report_path(console, emit(output, report, console, f"train-{model.cell}"))
-    if result.diverged:
+    if request.resume and trained == 0 and result.complete and not output.quiet:
+        console.print(Text(f"the checkpoint already held all {request.steps} iterations: nothing was trained; pass a "
+                           "larger --steps to continue it", style="yellow"))
+    print_report_path(console, emit(output, report, console, f"train-{model.cell}", reserved=run_folder))
+    stop = result.failure or result.history.stopped
+    if stop:  # why the run ended early goes to stderr whatever the verbosity
+        click.echo(f"rnndiag: training stopped: {stop}", err=True)
         sys.exit(1)
+
+
+def _interrupted(exc, *, explicit: bool) -> str:
+    """What Ctrl-C kept: the checkpoint to continue from, and how."""
+    if exc.checkpoint is None:
+        return (f"interrupted at iteration {exc.iteration}; no checkpoint had been written yet (--checkpoint-every "
+                "sets how often)")
+    how = "the same command and --resume" if explicit else f"--checkpoint {str(exc.checkpoint)!r} --resume"
+    return (f"interrupted at iteration {exc.iteration}; checkpoint {str(exc.checkpoint)!r} holds {exc.saved} "
+            f"iterations: continue with {how}")

@@ -3,13 +3,15 @@ recompute)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
 from . import fmt_num
-from .figures import COLORS, finish_axes, new_axes, thin
+from .figures import COLORS, FigureBuilder, Tally, drawable, finish_axes, new_axes, plot_curve, thin
 
 
 class Table(NamedTuple):
@@ -95,30 +97,42 @@ def _color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
 
-def _finite(a) -> np.ndarray:
-    """Values to draw: non-finite and absurdly large ones (a blown-up loss) become gaps."""
-    a = np.asarray(a, dtype=float)
-    return np.where(np.isfinite(a) & (np.abs(a) < 1e100), a, np.nan)
-
-
-def _loss_axes(ax, baseline):
-    if baseline is not None:
+def _loss_axes(ax, tally: Tally, baseline: float | None) -> None:
+    """A loss axes' baseline, note on what was left out, labels; log y where positive losses were drawn."""
+    if baseline is not None and not np.isnan(drawable([baseline], positive=True)[0][0]):
         ax.axhline(baseline, color="grey", ls=":", lw=1, label=f"baseline {baseline:.3g}")
-    finish_axes(ax, log_y=True, xlabel="iteration", ylabel="training loss", legend=7)
+    else:
+        baseline = None
+    tally.note(ax)
+    finish_axes(ax, log_y=tally.log_range(baseline), xlabel="iteration", ylabel="training loss", legend=7)
 
 
-def init_figures(cmp) -> dict:
-    figs = {}
+def init_figures(cmp) -> dict[str, FigureBuilder]:
+    """A builder per figure of ``rnndiag init``, by name; nothing is drawn until one is called (``draw_figures``)."""
+    figs = {"grad_flow_at_init": partial(_init_grad_flow_figure, cmp),
+            "horizon_at_init": partial(_init_horizon_figure, cmp)}
+    if any(r.trained is not None for r in cmp.results):
+        figs["training_loss"] = partial(_init_loss_figure, cmp)
+    return figs
+
+
+def _init_grad_flow_figure(cmp) -> Figure:
     fig, ax = new_axes()
+    tally = Tally()
     for i, r in enumerate(cmp.results):
         fl = r.at_init.gradient_flow
-        y = fl.median_last_step - fl.median_last_step[-1]
+        with np.errstate(invalid="ignore"):
+            y = tally(fl.median_last_step - fl.median_last_step[-1])
         t, yy = thin(np.arange(y.size), y)
-        ax.plot(t, yy, color=_color(i), lw=1.3, label=r.scheme)
+        plot_curve(ax, t, yy, color=_color(i), lw=1.3, label=r.scheme)
     ax.axhline(np.log10(cmp.results[0].at_init.gradient_flow.horizon.factor), color="grey", ls=":", lw=1)
+    tally.note(ax)
     finish_axes(ax, xlabel="timestep t", ylabel="log10 ||dL/dh_t|| relative to the last step",
-            title="Gradient flow at initialization", legend=7)
-    figs["grad_flow_at_init"] = fig
+                title="Gradient flow at initialization", legend=7)
+    return fig
+
+
+def _init_horizon_figure(cmp) -> Figure:
     fig, ax = new_axes()
     names = [r.scheme for r in cmp.results]
     ax.bar(names, [r.at_init.gradient_flow.horizon.steps for r in cmp.results],
@@ -128,105 +142,156 @@ def init_figures(cmp) -> dict:
     ax.set_title("Gradient horizon at initialization")
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax.legend(fontsize=7)
-    figs["horizon_at_init"] = fig
-    if any(r.trained is not None for r in cmp.results):
-        fig, ax = new_axes()
-        for i, r in enumerate(cmp.results):
-            if r.trained is not None and r.trained.history.loss:
-                loss = _finite(r.trained.history.loss)
-                t, yy = thin(np.arange(loss.size), loss)
-                ax.plot(t, yy, color=_color(i), lw=1, label=r.scheme)
-        _loss_axes(ax, cmp.results[0].trained.baseline if cmp.results[0].trained else None)
-        ax.set_title("Training loss per initialization")
-        figs["training_loss"] = fig
-    return figs
+    return fig
 
 
-def clip_figures(cmp) -> dict:
-    figs = {}
+def _init_loss_figure(cmp) -> Figure:
     fig, ax = new_axes()
+    tally = Tally()
+    for i, r in enumerate(cmp.results):
+        if r.trained is not None and r.trained.history.loss:
+            loss = tally(r.trained.history.loss, positive=True)
+            t, yy = thin(np.arange(loss.size), loss)
+            plot_curve(ax, t, yy, color=_color(i), lw=1, label=r.scheme)
+    _loss_axes(ax, tally, cmp.results[0].trained.baseline if cmp.results[0].trained else None)
+    ax.set_title("Training loss per initialization")
+    return fig
+
+
+def clip_figures(cmp) -> dict[str, FigureBuilder]:
+    """A builder per figure of ``rnndiag clip``, by name; nothing is drawn until one is called (``draw_figures``)."""
+    return {"loss_per_strategy": partial(_clip_loss_figure, cmp),
+            "grad_norm_distribution": partial(_clip_norm_figure, cmp),
+            "fraction_clipped_and_cosine": partial(_clip_fraction_figure, cmp)}
+
+
+def _clip_loss_figure(cmp) -> Figure:
+    fig, ax = new_axes()
+    tally = Tally()
     for i, r in enumerate(cmp.runs):
-        loss = _finite(r.trained.history.loss)
+        loss = tally(r.trained.history.loss, positive=True)
         if loss.size:
             t, yy = thin(np.arange(loss.size), loss)
-            ax.plot(t, yy, color=_color(i), lw=1, label=r.label + (" (diverged)" if r.trained.diverged else ""))
-    _loss_axes(ax, cmp.runs[0].trained.baseline)
+            plot_curve(ax, t, yy, color=_color(i), lw=1,
+                       label=r.label + (" (diverged)" if r.trained.diverged else ""))
+    _loss_axes(ax, tally, cmp.runs[0].trained.baseline)
     ax.set_title("Training loss per clipping strategy")
-    figs["loss_per_strategy"] = fig
+    return fig
+
+
+def _clip_norm_figure(cmp) -> Figure:
     fig, ax = new_axes()
+    tally = Tally()
     for i, r in enumerate(cmp.runs):
-        norms = np.asarray(r.stats.norms)
-        norms = norms[np.isfinite(norms) & (norms > 0)]
-        if norms.size:
-            ax.hist(np.log10(norms), bins=40, histtype="step", color=_color(i), label=r.label)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_norms = tally(np.log10(np.asarray(r.stats.norms, dtype=float)))  # 0, inf, nan: not drawn
+        log_norms = log_norms[~np.isnan(log_norms)]
+        if log_norms.size:
+            ax.hist(log_norms, bins=40, histtype="step", color=_color(i), label=r.label)
             if r.strategy in ("global_norm",) and r.threshold:
                 ax.axvline(np.log10(r.threshold), color=_color(i), ls="--", lw=1)
+    tally.note(ax)
     finish_axes(ax, xlabel="log10 pre-clip global gradient norm (dashed: threshold)", ylabel="iterations",
-            title="Gradient norm distribution", legend=7)
-    figs["grad_norm_distribution"] = fig
+                title="Gradient norm distribution", legend=7)
+    return fig
+
+
+def _clip_fraction_figure(cmp) -> Figure:
     fig, ax = new_axes()
+    tally = Tally()
     labels = [r.label for r in cmp.runs]
-    ax.bar(labels, [r.stats.fraction_clipped for r in cmp.runs], color=[_color(i) for i in range(len(labels))])
+    ax.bar(labels, tally([r.stats.fraction_clipped for r in cmp.runs]), color=[_color(i) for i in range(len(labels))])
     ax.set_ylabel("fraction of iterations clipped")
     ax.set_ylim(0, 1)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax2 = ax.twinx()
-    cosines = [np.nan if r.stats.mean_cosine is None else r.stats.mean_cosine for r in cmp.runs]
+    cosines = np.full(len(labels), np.nan)  # a gap where a strategy never clipped (no cosine)
+    measured = [i for i, r in enumerate(cmp.runs) if r.stats.mean_cosine is not None]
+    cosines[measured] = tally([cmp.runs[i].stats.mean_cosine for i in measured])
     ax2.plot(labels, cosines, "ko-", ms=4, label="mean cosine clipped vs unclipped (gap: never clipped)")
     ax2.set_ylim(0, 1.05)
     ax2.set_ylabel("cosine")
     ax2.legend(fontsize=7, loc="lower right")
+    tally.note(ax)
     ax.set_title("How often each strategy clipped, and how much it turned the gradient")
-    figs["fraction_clipped_and_cosine"] = fig
+    return fig
+
+
+def train_figures(result) -> dict[str, FigureBuilder]:
+    """A builder per figure of ``rnndiag train``, by name; nothing is drawn until one is called
+    (``draw_figures``)."""
+    figs = {"loss": partial(_train_loss_figure, result),
+            "grad_norm_over_training": partial(_train_grad_norm_figure, result)}
+    if result.history.diag:
+        figs["grad_norm_heatmap"] = partial(_train_heatmap_figure, result)
+        figs["spectral_radius_over_training"] = partial(_train_spectral_figure, result)
     return figs
 
 
-def train_figures(result) -> dict:
-    figs = {}
+def _train_loss_figure(result) -> Figure:
     h = result.history
     fig, ax = new_axes()
+    tally = Tally()
     if h.loss:
-        loss = _finite(h.loss)
+        loss = tally(h.loss, positive=True)
         t, yy = thin(np.arange(loss.size), loss)
-        ax.plot(t, yy, lw=1, color=_color(0), label="training loss")
+        plot_curve(ax, t, yy, lw=1, color=_color(0), label="training loss")
         tests = [(d.iteration, d.test_loss) for d in h.diag if d.test_loss is not None]
         if tests:
-            ax.plot(*zip(*tests), "o-", ms=3, color=_color(1), label="test loss")
-    _loss_axes(ax, result.baseline)
+            its, test_loss = zip(*tests)
+            ax.plot(its, tally(test_loss, positive=True), "o-", ms=3, color=_color(1), label="test loss")
+    _loss_axes(ax, tally, result.baseline)
     ax.set_title("Loss")
-    figs["loss"] = fig
+    return fig
+
+
+def _train_grad_norm_figure(result) -> Figure:
+    h = result.history
     fig, ax = new_axes()
+    tally = Tally()
     if h.grad_norm:
-        g = _finite(h.grad_norm)
-        t, g1, g2 = thin(np.arange(g.size), g, _finite(h.grad_norm_clipped))
-        ax.plot(t, g1, lw=0.8, color=_color(1), label="before clipping")
-        ax.plot(t, g2, lw=0.8, color=_color(0), label="after clipping")
-        ax.set_yscale("log")
-    finish_axes(ax, xlabel="iteration", ylabel="global gradient norm", title="Gradient norm", legend=7)
-    figs["grad_norm_over_training"] = fig
-    if h.diag:
-        its = [d.iteration for d in h.diag]
-        rows = np.array([d.grad_norm_per_step for d in h.diag], dtype=float)
-        with np.errstate(divide="ignore"):
-            heat = np.log10(np.where(rows > 0, rows, np.nan))
-        fig, ax = new_axes(7.0, 4.0)
-        finite = heat[np.isfinite(heat)]
-        norm = Normalize(*(np.percentile(finite, [1, 99]) if finite.size else (0, 1)))
-        im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", norm=norm, interpolation="nearest")
-        ax.set_yticks(range(len(its)))
-        ax.set_yticklabels([str(i) for i in its], fontsize=7)
-        ax.set_xlabel("timestep t")
-        ax.set_ylabel("training iteration")
-        ax.set_title("log10 ||dL/dh_t|| over training")
-        fig.colorbar(im, ax=ax, label="log10 ||dL/dh_t||")
-        figs["grad_norm_heatmap"] = fig
-        fig, ax = new_axes()
-        for k in range(len(h.diag[0].layers)):
-            ax.plot(its, [d.layers[k].spectral_radius for d in h.diag], "o-", ms=3, color=_color(k),
-                    label=f"layer {k} spectral radius")
-            ax.plot(its, [d.layers[k].sigma_max for d in h.diag], "s--", ms=3, color=_color(k),
-                    label=f"layer {k} sigma_max")
-        ax.axhline(1.0, color="grey", ls=":", lw=1)
-        finish_axes(ax, xlabel="iteration", title="Recurrent weights over training", legend=7)
-        figs["spectral_radius_over_training"] = fig
-    return figs
+        g = tally(h.grad_norm, positive=True)
+        t, g1, g2 = thin(np.arange(g.size), g, tally(h.grad_norm_clipped, positive=True))
+        plot_curve(ax, t, g1, lw=0.8, color=_color(1), label="before clipping")
+        plot_curve(ax, t, g2, lw=0.8, color=_color(0), label="after clipping")
+    tally.note(ax)
+    finish_axes(ax, xlabel="iteration", ylabel="global gradient norm", title="Gradient norm", legend=7,
+                log_y=tally.log_range())
+    return fig
+
+
+def _train_heatmap_figure(result) -> Figure:
+    h = result.history
+    its = [d.iteration for d in h.diag]
+    rows = np.array([d.grad_norm_per_step for d in h.diag], dtype=float)  # (diagnostics, T)
+    tally = Tally()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        heat = tally(np.log10(rows))  # 0, inf, nan: not drawn
+    fig, ax = new_axes(7.0, 4.0)
+    finite = heat[~np.isnan(heat)]
+    norm = Normalize(*(np.percentile(finite, [1, 99]) if finite.size else (0, 1)))
+    im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", norm=norm, interpolation="nearest")
+    ax.set_yticks(range(len(its)))
+    ax.set_yticklabels([str(i) for i in its], fontsize=7)
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("training iteration")
+    ax.set_title("log10 ||dL/dh_t|| over training")
+    fig.colorbar(im, ax=ax, label="log10 ||dL/dh_t||")
+    tally.note(ax)
+    return fig
+
+
+def _train_spectral_figure(result) -> Figure:
+    h = result.history
+    its = [d.iteration for d in h.diag]
+    fig, ax = new_axes()
+    tally = Tally()
+    for k in range(len(h.diag[0].layers)):
+        ax.plot(its, tally([d.layers[k].spectral_radius for d in h.diag]), "o-", ms=3, color=_color(k),
+                label=f"layer {k} spectral radius")
+        ax.plot(its, tally([d.layers[k].sigma_max for d in h.diag]), "s--", ms=3, color=_color(k),
+                label=f"layer {k} sigma_max")
+    ax.axhline(1.0, color="grey", ls=":", lw=1)
+    tally.note(ax)
+    finish_axes(ax, xlabel="iteration", title="Recurrent weights over training", legend=7)
+    return fig
