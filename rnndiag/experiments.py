@@ -136,7 +136,10 @@ def compare_inits(cell: str, input_size: int, hidden_size: int, *, schemes, num_
                            forget_bias=forget_bias)
         if progress:
             progress(f"{scheme}: diagnosing at initialization")
-        at_init = diagnose_on_task(model, task, seq_len, batch_size, seed)
+        try:
+            at_init = diagnose_on_task(model, task, seq_len, batch_size, seed)
+        except ValueError as exc:  # e.g. a state that overflows at once: say which scheme
+            raise ValueError(f"init {model.init}: {exc}") from None
         trained = after = note = None
         if train_steps > 0:
             if progress:

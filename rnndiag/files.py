@@ -47,12 +47,18 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def check_name_length(path: Path, what: str, error: type[PathError] = PathError) -> None:
+def _label(what: str, path, named: bool) -> str:
+    """``what`` and the path, unless ``what`` names the path already (``named``)."""
+    return what if named else f"{what} {_short(path)}"
+
+
+def check_name_length(path: Path, what: str, error: type[PathError] = PathError, *, named: bool = False) -> None:
     """Refuse a path whose whole length or any one name is longer than the file system takes (``OSError``
     "File name too long" otherwise, at the first open)."""
+    label = _label(what, path, named)
     raw = os.fsencode(os.path.abspath(path))
     if len(raw) >= PATH_MAX:
-        raise error(f"{what} {_short(path)} is {len(raw)} bytes long, more than the file system takes ({PATH_MAX}); "
+        raise error(f"{label} is {len(raw)} bytes long, more than the file system takes ({PATH_MAX}); "
                     "choose a shorter path")
     limit = NAME_MAX
     anchor = _existing_parent(Path(path))
@@ -63,8 +69,8 @@ def check_name_length(path: Path, what: str, error: type[PathError] = PathError)
             pass
     for part in Path(path).parts:
         if len(os.fsencode(part)) > limit:
-            raise error(f"{what} {_short(path)} has a name of {len(os.fsencode(part))} bytes, more than the file "
-                        f"system takes ({limit}); choose a shorter name")
+            raise error(f"{label} has a name of {len(os.fsencode(part))} bytes, more than the file system takes "
+                        f"({limit}); choose a shorter name")
 
 
 def _short(path) -> str:
@@ -73,31 +79,31 @@ def _short(path) -> str:
     return repr(text if len(text) <= 120 else f"{text[:60]}...{text[-40:]}")
 
 
-def open_regular(path, what: str) -> BinaryIO:
+def open_regular(path, what: str, *, named: bool = False) -> BinaryIO:
     """``path`` opened for binary reading if it is an existing regular file (symlinks followed).
 
     A named pipe, device, socket or folder is refused without blocking (the file is opened with ``O_NONBLOCK`` and
     checked with ``fstat``, so nothing can swap it in between); ``FileNotFoundError`` / ``PermissionError`` /
-    :class:`PathError` otherwise, each one line naming ``what`` and the path.
+    :class:`PathError` otherwise, each one line naming ``what`` and the path (``named``: ``what`` names it).
     """
     path = Path(path)
-    check_name_length(path, what)
+    label = _label(what, path, named)
+    check_name_length(path, label, named=True)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {_short(path)} does not exist; check the path") from None
+        raise FileNotFoundError(f"{label} does not exist; check the path") from None
     except PermissionError:
-        raise PermissionError(f"{what} {_short(path)} cannot be read (permission denied); check its "
-                              "permissions") from None
+        raise PermissionError(f"{label} cannot be read (permission denied); check its permissions") from None
     except OSError as exc:
-        raise PathError(f"{what} {_short(path)} cannot be opened ({exc.strerror or type(exc).__name__}); pass a "
-                        "regular file") from None
+        raise PathError(f"{label} cannot be opened ({exc.strerror or type(exc).__name__}); pass a regular "
+                        "file") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = _kind(st.st_mode)
             hint = "pass the file inside it" if kind == "folder" else "pass a regular file (copy it to disk first)"
-            raise PathError(f"{what} {_short(path)} is a {kind}, not a regular file; {hint}")
+            raise PathError(f"{label} is a {kind}, not a regular file; {hint}")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -120,8 +126,14 @@ def probe_writable(folder: Path, what: str) -> None:
 def check_output_file(path, what: str, *, force: bool) -> Path:
     """Check, before any work, that ``path`` can become a file: its name fits, it is not a folder or a special
     file, it does not exist (unless ``force``), and its folder exists and takes new files. Touches nothing."""
+    if str(path).endswith(("/", os.sep)):
+        raise OutputError(f"{what} {_short(path)} ends with '/', which names a folder; give a file name")
     path = Path(path)
     check_name_length(path, what, OutputError)
+    system = _system_path(path)
+    if system:
+        raise OutputError(f"{what} {_short(path)} is in {system}, where rnndiag writes no files"
+                          f"{' (for standard output use --json -)' if 'json' in what else ''}; choose a file on disk")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -144,11 +156,21 @@ def check_output_file(path, what: str, *, force: bool) -> Path:
     return path
 
 
+def _system_path(path: Path) -> str | None:
+    """``/dev``, ``/proc`` or ``/sys`` where ``path`` (symlinks resolved) lies there: no place for a report."""
+    resolved = Path(os.path.realpath(path))
+    top = resolved.parts[1] if len(resolved.parts) > 1 else ""
+    return f"/{top}" if top in ("dev", "proc", "sys") else None
+
+
 def check_out_dir(out: Path, force: bool) -> None:
     """Raise :class:`OutputError` if ``out`` cannot receive a report. Creates nothing that stays."""
     check_name_length(out, "output folder", OutputError)
+    if out.is_symlink() and not out.is_dir():
+        raise OutputError(f"output folder {_short(out)} is a symbolic link to no folder; choose another --out")
     if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {_short(out)} is a file, not a folder; choose another --out")
+        kind = "file" if out.is_file() else _kind(out.stat().st_mode)
+        raise OutputError(f"output path {_short(out)} is a {kind}, not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise OutputError(f"output folder {_short(out)} exists and is not empty; pass --force to write into it "
                           "or choose another --out")
@@ -157,6 +179,11 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise OutputError(f"output folder {_short(out)} cannot be created (a part of its path is a file); choose "
                           "another --out")
     probe_writable(parent, f"output folder {_short(out)}")
+
+
+def same_path(a, b) -> bool:
+    """Whether two paths name the same place (absolute, symlinks resolved; neither need exist)."""
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _existing_parent(p: Path) -> Path | None:
@@ -178,6 +205,8 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *, mode: 
     would give it (``mkstemp`` makes 0600), or ``mode``. A failure (a full disk, "File too large") removes the
     temporary file and leaves the old ``path`` as it was. Returns ``path``."""
     path = Path(path)
+    if path.is_symlink():  # replace the file the link points to, never the link itself
+        path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -198,25 +227,39 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *, mode: 
 def write_report(out: Path, files: dict[str, bytes], force: bool) -> Path:
     """Write ``files`` (name -> bytes) into the folder ``out`` and return it.
 
-    A new or empty ``out`` gets the whole report in one step: the files are written into a hidden temporary
-    folder beside it, which then replaces the empty folder (created here exclusively where it did not exist).
-    A non-empty ``out`` (``force`` only) is written into file by file, each atomically.
+    A new ``out`` gets the whole report in one step: it is created here exclusively (``os.mkdir``), the files are
+    written into a hidden temporary folder beside it, which then replaces it. An existing folder (empty, or with
+    ``force``) keeps its owner and mode and is written into file by file, each atomically. A symbolic link to a
+    folder is written through.
     """
     out = Path(out)
     check_out_dir(out, force)
-    if out.is_dir() and any(out.iterdir()):
-        for name, data in files.items():
-            write_atomic(out / name, data)
-        return out
-    created = False
-    if not out.is_dir():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.mkdir(out)  # exclusive: a folder someone else made meanwhile is theirs
-        except FileExistsError:
-            raise OutputError(f"output folder {_short(out)} was created by another process meanwhile; run again or "
-                              "choose another --out") from None
-        created = True
+    if out.is_dir():
+        return _write_into(out, files)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(out)  # exclusive: a folder someone else made meanwhile is theirs
+    except FileExistsError:
+        raise OutputError(f"output folder {_short(out)} was created by another process meanwhile; run again or "
+                          "choose another --out") from None
+    return _replace_new_folder(out, files)
+
+
+def write_new_report(out: Path, files: dict[str, bytes]) -> Path:
+    """Write ``files`` into ``out``, an empty folder this process has just made (:func:`fresh_folder`): the whole
+    report appears in one step."""
+    return _replace_new_folder(Path(out), files)
+
+
+def _write_into(out: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        write_atomic(out / name, data)
+    return out
+
+
+def _replace_new_folder(out: Path, files: dict[str, bytes]) -> Path:
+    """Stage ``files`` beside ``out`` (an empty folder of ours) and rename the stage over it; on failure ``out`` is
+    removed again."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:40]}.", suffix=".tmp", dir=out.parent))
     try:
         for name, data in files.items():
@@ -225,16 +268,14 @@ def write_report(out: Path, files: dict[str, bytes], force: bool) -> Path:
         os.rename(staging, out)  # replaces the empty folder in one step; fails if anything was written into it
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            _rmdir_quietly(out)
+        _rmdir_quietly(out)
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise OutputError(f"output folder {_short(out)} was written into by another process meanwhile; run "
                               "again or choose another --out") from None
         raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            _rmdir_quietly(out)
+        _rmdir_quietly(out)
         raise
     return out
 

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ._validation import check_cell, check_choice, check_dtype, check_positive_int, make_rng
+from ._validation import check_cell, check_choice, check_dtype, check_positive_int, first_overflow, make_rng
 from .cells import cell_module, gate_rows
 from .model import RNNModel, param_shapes
 
@@ -162,6 +162,11 @@ def init_model(
         for layer in range(num_layers):
             params[f"bias_ih_l{layer}"][rows] = forget_bias
             params[f"bias_hh_l{layer}"][rows] = 0.0
+    for name, value in params.items():
+        where = first_overflow(value, dt)
+        if where is not None:
+            raise ValueError(f"init {scheme} with gain {g:g} gives {name} a value of {float(value[where]):.3g}, which "
+                             f"overflows {dt.name}; use a smaller gain (--gain) or float64 (--dtype float64)")
     params = {k: np.ascontiguousarray(v, dtype=dt) for k, v in params.items()}
     label = scheme if gain is None else f"{scheme}(gain={g:g})"
     if forget_bias is not None:

@@ -53,19 +53,22 @@ def read_header(fh: BinaryIO, what: str) -> NpyHeader:
         version = fmt.read_magic(fh)
         if version == (1, 0):
             shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-        elif version == (2, 0):
+        elif version in ((2, 0), (3, 0)):  # 3.0 differs from 2.0 only by utf-8 field names
             shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-        else:  # 3.0 (utf-8 field names): numpy has no public reader
-            shape, fortran, dtype = fmt._read_array_header(fh, version)
-    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+        else:
+            raise ArrayFileError(f"{what} is a .npy file of format version {version[0]}.{version[1]}, which rnndiag "
+                                 "does not know", "save it again with np.save")
+    except ArrayFileError:
+        raise
+    except Exception as exc:  # numpy raises many kinds for a bad header (ValueError, SyntaxError, TypeError, ...)
         raise ArrayFileError(f"{what} is not a valid .npy array (its header cannot be read: "
                              f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__})",
                              "save it again with numpy") from None
     if dtype.hasobject:
         raise ArrayFileError(f"{what} holds a pickled object array, which rnndiag never loads", "save numeric arrays")
-    if any(int(s) < 0 for s in shape):
-        raise ArrayFileError(f"{what} declares a negative size in its shape {shape}; the file is corrupt")
-    return NpyHeader(tuple(int(s) for s in shape), dtype, bool(fortran), fh.tell())
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ArrayFileError(f"{what} declares an impossible shape {shape}", "the file is corrupt: save it again")
+    return NpyHeader(tuple(int(n) for n in shape), dtype, bool(fortran), fh.tell())
 
 
 def _check_holds(header: NpyHeader, size: int, what: str) -> None:
@@ -103,7 +106,7 @@ def read_npy(path, what: str, *, check: Callable[[NpyHeader], None] | None = Non
     caller's test of shape and dtype), declares no more data than the file holds and no more than the memory
     available (or ``memory_budget`` bytes) -- all before any data is read. An ``.npz`` archive is refused with the
     names of its arrays."""
-    with open_regular(path, what) as fh:
+    with open_regular(path, what, named=True) as fh:
         head = fh.read(6)
         fh.seek(0)
         if head[:2] == b"PK":  # a zip: an .npz archive
@@ -122,7 +125,7 @@ def read_npy(path, what: str, *, check: Callable[[NpyHeader], None] | None = Non
         fh.seek(0)
         try:
             return np.lib.format.read_array(fh, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, TypeError, OSError, EOFError) as exc:
             raise ArrayFileError(f"{what} cannot be read ({str(exc).strip()[:120] or type(exc).__name__})",
                                  "save it again with np.save") from None
 
@@ -136,7 +139,7 @@ class NpzArchive:
 
     def __init__(self, path, what: str):
         self.what = what
-        self._fh = open_regular(path, what)
+        self._fh = open_regular(path, what, named=True)
         try:
             self._zip = zipfile.ZipFile(self._fh)
             self.headers: dict[str, NpyHeader] = {}
@@ -173,7 +176,7 @@ class NpzArchive:
         try:
             with self._zip.open(self._members[name]) as zf:
                 return np.lib.format.read_array(zf, allow_pickle=False)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError) as exc:
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, TypeError, RuntimeError) as exc:
             raise ArrayFileError(f"{self.what}: array {name!r} cannot be read ({type(exc).__name__}: "
                                  f"{str(exc).strip()[:120]})", "the file is corrupt: save it again") from None
 

@@ -298,7 +298,7 @@ def train(
                 break
             done_here += 1
             if checkpoint is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0:
-                save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
+                save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history, model.cell)
                 saved = history.iterations
             if stop_after is not None and done_here >= stop_after:
                 break
@@ -318,7 +318,7 @@ def train(
         if all(np.isfinite(v).all() for v in params.values()) else model
     if checkpoint is not None and failure is None:
         try:
-            save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history)
+            save_checkpoint(Path(checkpoint), cfg, params, opt, clipper, history, model.cell)
             saved = history.iterations
         except OSError as exc:
             failure = (f"the final checkpoint {str(checkpoint)!r} could not be written ({exc.strerror or exc}); "
@@ -338,7 +338,7 @@ def _iteration(i, cfg, model, params, opt, clipper, history, schedule, held_out,
     loss, grads, trace = loss_and_grads(model, problem)
     bad = _nonfinite(loss, grads)
     if bad:
-        history.stopped = f"iteration {i}: {bad}; training stopped (history kept)"
+        history.stopped = f"iteration {i}: {bad}"
         return params, True
     clipped, total, fired = clipper(grads)
     record = {"loss": float(loss), "grad_norm": total, "grad_norm_clipped": global_norm(clipped),
@@ -384,11 +384,11 @@ def _test_loss(model, params, held_out: Problem) -> float | None:
 CHECKPOINT_MODE = 0o600  # a checkpoint is the whole training state: private to its owner, like an ssh key
 
 
-def save_checkpoint(path: Path, cfg, params, opt, clipper, history) -> None:
+def save_checkpoint(path: Path, cfg, params, opt, clipper, history, cell: str) -> None:
     """Everything needed to continue, in one ``.npz`` (arrays + a JSON string), written atomically, mode 0600."""
     # the history as recorded (NaN/Inf kept: this JSON is ours, read back by _load_checkpoint only)
     meta = {"config": dataclasses.asdict(cfg), "history": dataclasses.asdict(history), "step_count": opt.step_count,
-            "clipper": clipper.state()}
+            "clipper": clipper.state(), "model": {"cell": cell}}
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays |= {f"m/{k}": v for k, v in opt.m.items()} | {f"v/{k}": v for k, v in opt.v.items()}
     arrays["meta"] = np.array(json.dumps(meta, allow_nan=True))
@@ -439,11 +439,15 @@ def _load_checkpoint(path: Path, cfg, model, params, opt, clipper):
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         missing = f" (no {exc.args[0]!r})" if isinstance(exc, KeyError) else ""
         raise refuse(f"is incomplete or damaged{missing}; start a new run without --resume") from None
+    saved_model = meta.get("model")
+    if isinstance(saved_model, dict) and saved_model.get("cell") != model.cell:
+        raise refuse(f"was made by a {saved_model.get('cell')} model, not a {model.cell}; resume with the same cell")
     now = {k: getattr(cfg, k) for k in saved}
     if saved != now:
         diff = ", ".join(f"{k}: {saved[k]!r} vs {now[k]!r}" for k in saved if saved[k] != now[k])
         raise refuse(f"was made with other settings ({diff}); resume with the same")
     _check_history(history, set(params), step_count, clip_history, refuse)
+    _check_record_types(history, model.num_layers, refuse)
     if history.stopped is not None:
         raise refuse(f"holds a run that stopped ({history.stopped}); it cannot continue: start a new run")
     if history.iterations > cfg.steps:
@@ -459,9 +463,42 @@ def _load_checkpoint(path: Path, cfg, model, params, opt, clipper):
     return {k: arrays[f"param/{k}"].astype(params[k].dtype) for k in params}, opt, clipper, history
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_record_types(history: History, num_layers: int, refuse) -> None:
+    """Every recorded value has the type the reports read: numbers (NaN allowed), flags, per-layer records."""
+    def damaged(what: str) -> CheckpointError:
+        return refuse(f"has a damaged history ({what}); start a new run without --resume")
+
+    for name in ("loss", "grad_norm", "grad_norm_clipped", "cosine"):
+        if not all(_number(x) for x in getattr(history, name)):
+            raise damaged(f"{name} holds values that are not numbers")
+    if not all(isinstance(x, bool) for x in history.clipped):
+        raise damaged("clipped holds values that are not true/false")
+    if not all(all(_number(x) for x in v) for v in history.param_norms.values()):
+        raise damaged("per-parameter norms that are not numbers")
+    if history.stopped is not None and not isinstance(history.stopped, str):
+        raise damaged("a stop reason that is not text")
+    for d in history.diag:
+        if not (d.grad_norm_per_step and all(_number(x) for x in d.grad_norm_per_step)) or \
+                not (d.test_loss is None or _number(d.test_loss)) or len(d.layers) != num_layers:
+            raise damaged(f"the diagnostic at iteration {d.iteration} is malformed")
+        for layer in d.layers:
+            values = [layer.spectral_radius, layer.sigma_max, layer.top_lyapunov, layer.memory_timescale,
+                      layer.hidden_saturated]
+            if not all(v is None or _number(v) for v in values) or not isinstance(layer.gate_saturation, dict) or \
+                    not all(_number(v) for v in layer.gate_saturation.values()):
+                raise damaged(f"the diagnostic at iteration {d.iteration} is malformed")
+
+
 def _check_history(history: History, names: set[str], step_count, clip_history, refuse) -> None:
     """A saved history is whole: every per-iteration list as long as the loss list, one per-parameter list per
     parameter, diagnostics at increasing iterations inside the run, the optimizer's step count equal to it."""
+    if not isinstance(history.loss, list) or not isinstance(history.param_norms, dict) or \
+            not isinstance(history.diag, list):
+        raise refuse("has a damaged history (not lists); start a new run without --resume")
     n = history.iterations
     lists = {"grad_norm": history.grad_norm, "grad_norm_clipped": history.grad_norm_clipped,
              "clipped": history.clipped, "cosine": history.cosine}

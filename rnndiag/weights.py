@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -63,7 +64,7 @@ def _open_npz(path: Path) -> NpzArchive:
     except ArrayFileError as exc:
         if "cannot be read as an .npz archive" not in str(exc):
             raise
-        with open_regular(path, _file(path)) as fh:
+        with open_regular(path, _file(path), named=True) as fh:
             head = fh.read(6)
     if head == b"\x93NUMPY":
         raise _fail(_file(path), "holds a single array, not named weights; save a dict with "
@@ -83,10 +84,12 @@ def _read_torch(path: Path) -> dict:
                                  "convert it to .npz with np.savez(p, **{k: v.numpy() for k, v in sd.items()})") \
             from None
     try:
-        with open_regular(path, _file(path)) as fh:
+        with open_regular(path, _file(path), named=True) as fh:
             # the tensors take about the file's size in memory (a .pt archive stores them uncompressed)
             check_memory(os.fstat(fh.fileno()).st_size, f"{_file(path)} (loading)", "pass a smaller file")
-            obj = torch.load(fh, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's own warnings about odd tensors: the checks below say it
+                warnings.simplefilter("ignore")
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
     except (FileNotFoundError, PermissionError, PathError, ArrayFileError):
         raise
     except Exception as exc:  # torch raises many types for bad files (UnpicklingError, RuntimeError, EOFError ...)
@@ -102,7 +105,7 @@ def _read_torch(path: Path) -> dict:
 
 
 def _suffix(path: Path) -> str:
-    check_name_length(path, _file(path))
+    check_name_length(path, _file(path), named=True)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".pt", ".pth"):
         raise _fail(_file(path), f"has an unknown extension {suffix or '(none)'!r}; use .npz (or .pt/.pth with torch "
@@ -132,7 +135,11 @@ def _as_array(source: str, key: str, value) -> np.ndarray:
         tensor = value.detach().cpu()
         if str(tensor.dtype) in ("torch.float16", "torch.bfloat16"):
             tensor = tensor.float()
-        return tensor.numpy()
+        try:
+            return tensor.numpy()
+        except (TypeError, RuntimeError):  # float8 and other dtypes numpy has no type for
+            raise _fail(source, f"entry {key!r} has dtype {str(value.dtype).removeprefix('torch.')}, which numpy "
+                                "cannot hold; save it as float32 (v.float())") from None
     raise _fail(source, f"entry {key!r} is a {type(value).__name__}, not an array or tensor; pass "
                         "model.state_dict() (or a dict of numpy arrays)")
 
@@ -162,22 +169,31 @@ def _meta(source: str, key: str, value) -> _Meta:
         dt = np.dtype(value.dtype)
         return _Meta(tuple(value.shape), dt.kind, dt.name, math.prod(value.shape) * dt.itemsize)
     if _is_tensor(value):
-        if getattr(value, "is_meta", False) or str(getattr(value, "device", "")) == "meta":
-            raise _fail(source, f"entry {key!r} is on PyTorch's meta device (a shape without values); save the "
-                                "weights of a materialised model (e.g. after model.to_empty(device='cpu') and "
-                                "load_state_dict)")
-        if str(value.layout) != "torch.strided":
-            raise _fail(source, f"entry {key!r} is a sparse tensor ({value.layout}); save dense weights, e.g. "
-                                "{k: v.to_dense() for k, v in state_dict.items()}")
-        if getattr(value, "is_quantized", False):
-            raise _fail(source, f"entry {key!r} is a quantized tensor ({value.dtype}); save the float weights "
-                                "(v.dequantize())")
-        kind = "f" if value.is_floating_point() else "c" if value.is_complex() else \
-            "b" if str(value.dtype) == "torch.bool" else "i"
-        return _Meta(tuple(int(d) for d in value.shape), kind, str(value.dtype).removeprefix("torch."),
-                     int(value.numel()) * int(value.element_size()))
+        try:
+            return _tensor_meta(source, key, value)
+        except RuntimeError:  # nested and other tensors without one shape
+            raise _fail(source, f"entry {key!r} is a {type(value).__name__} without a plain shape (nested or "
+                                f"another layout, {getattr(value, 'layout', '?')}); save dense weights") from None
     raise _fail(source, f"entry {key!r} is a {type(value).__name__}, not an array or tensor; pass "
                         "model.state_dict() (or a dict of numpy arrays)")
+
+
+def _tensor_meta(source: str, key: str, value) -> _Meta:
+    """A tensor's :class:`_Meta`, refusing meta-device, sparse and quantized tensors."""
+    if getattr(value, "is_meta", False) or str(getattr(value, "device", "")) == "meta":
+        raise _fail(source, f"entry {key!r} is on PyTorch's meta device (a shape without values); save the "
+                            "weights of a materialised model (e.g. after model.to_empty(device='cpu') and "
+                            "load_state_dict)")
+    if str(value.layout) != "torch.strided":
+        raise _fail(source, f"entry {key!r} is a sparse tensor ({value.layout}); save dense weights, e.g. "
+                            "{k: v.to_dense() for k, v in state_dict.items()}")
+    if getattr(value, "is_quantized", False):
+        raise _fail(source, f"entry {key!r} is a quantized tensor ({value.dtype}); save the float weights "
+                            "(v.dequantize())")
+    kind = "f" if value.is_floating_point() else "c" if value.is_complex() else \
+        "b" if str(value.dtype) == "torch.bool" else "i"
+    return _Meta(tuple(int(d) for d in value.shape), kind, str(value.dtype).removeprefix("torch."),
+                 int(value.numel()) * int(value.element_size()))
 
 
 def _strip_prefix(source: str, raw: dict[str, np.ndarray], prefix: str | None) -> dict[str, np.ndarray]:

@@ -48,7 +48,7 @@ def _fast_refusal(args, cwd=None, *, limit_s: float = 20.0) -> str:
 # -- output paths: checked while building the request, before any work ----------------------------------------------
 @pytest.mark.parametrize(("where", "expect"), [
     (lambda p: p, "is a folder"),
-    (lambda p: Path("/proc/rnndiag-run.npz"), "no file can be created"),
+    (lambda p: Path("/proc/rnndiag-run.npz"), "is in /proc"),
     (lambda p: p / "missing" / "run.npz", "does not exist; create it first"),
     (lambda p: p / LONG_NAME, "choose a shorter name"),
 ])
@@ -63,10 +63,11 @@ def test_train_checkpoint_is_checked_before_training(tmp_path, where, expect):
 @pytest.mark.parametrize("command", [["analyze", *SMALL], [*TRAIN, "--steps", "3"],
                                      ["init", "--hidden-size", "8", "--seq-len", "10", "--schemes", "pytorch"]])
 @pytest.mark.parametrize(("json_to", "expect"), [
-    (lambda p: "/proc/m.json", "no file can be created"),
+    (lambda p: "/proc/m.json", "is in /proc"),
     (lambda p: p / "nofolder" / "m.json", "does not exist"),
     (lambda p: p / (LONG_NAME + ".json"), "choose a shorter name"),
-    (lambda p: "/dev/null", "not a regular file"),
+    (lambda p: "/dev/null", "is in /dev"),
+    (lambda p: f"{p}/newdir/", "ends with '/'"),
 ])
 def test_unwritable_json_is_refused_before_the_report(tmp_path, command, json_to, expect):
     out = tmp_path / "r"
@@ -202,7 +203,9 @@ def test_meta_and_sparse_tensors_are_one_line_naming_file_and_tensor(tmp_path):
     sd = {k: torch.from_numpy(v) for k, v in init_model("gru", 3, 4, seed=0).params.items()}
     meta = dict(sd, weight_hh_l0=torch.empty(12, 4, device="meta"))
     sparse = dict(sd, weight_hh_l0=sd["weight_hh_l0"].to_sparse())
-    for name, state, expect in (("meta.pt", meta, "meta device"), ("sparse.pt", sparse, "sparse tensor")):
+    float8 = dict(sd, weight_hh_l0=sd["weight_hh_l0"].to(torch.float8_e4m3fn))
+    for name, state, expect in (("meta.pt", meta, "meta device"), ("sparse.pt", sparse, "sparse tensor"),
+                                ("float8.pt", float8, "numpy cannot hold")):
         torch.save(state, tmp_path / name)
         line = _fast_refusal(["analyze", "--weights", tmp_path / name])
         assert name in line and "weight_hh_l0" in line and expect in line, line
@@ -237,6 +240,12 @@ FORGERIES = {
     "step count wrong": lambda m, a: m.update(step_count=99),
     "optimizer state missing": lambda m, a: {k: v for k, v in a.items() if not k.startswith("m/")},
     "diag layer missing key": lambda m, a: m["history"]["diag"][0]["layers"][0].pop("sigma_max"),
+    "per-step norms text": lambda m, a: m["history"]["diag"][0].update(grad_norm_per_step="abc"),
+    "test loss text": lambda m, a: m["history"]["diag"][0].update(test_loss="q"),
+    "clipped not flags": lambda m, a: m["history"].update(clipped=[{}] * len(m["history"]["clipped"])),
+    "param norms a list": lambda m, a: m["history"].update(param_norms=[1, 2]),
+    "diag without layers": lambda m, a: m["history"]["diag"][0].update(layers=[]),
+    "loss a number": lambda m, a: m["history"].update(loss=5),
 }
 
 
@@ -248,6 +257,47 @@ def test_forged_checkpoints_are_refused_in_one_line(tmp_path, forgery):
     line = _fast_refusal([*TRAIN, "--steps", "8", "--diag-points", "3", "--checkpoint", ck, "--resume",
                           "--format", "none"])
     assert "run.npz" in line and "start a new run" in line, line
+
+
+def test_resume_with_another_cell_of_the_same_shapes_is_refused(tmp_path):
+    ck = tmp_path / "tanh.npz"
+    assert_clean_exit(invoke([*TRAIN, "--steps", "4", "--checkpoint", ck, "--format", "none"]))
+    line = _fast_refusal([*TRAIN, "--steps", "6", "--cell", "rnn_relu", "--checkpoint", ck, "--resume",
+                          "--format", "none"])
+    assert "rnn_tanh model, not a rnn_relu" in line
+
+
+def test_outputs_that_name_the_same_place_are_refused_before_work(tmp_path):
+    line = _fast_refusal([*TRAIN, "--steps", "100000", "--checkpoint", tmp_path / "same.npz", "--json",
+                          tmp_path / "same.npz", "--format", "none"])
+    assert "--checkpoint and --json" in line
+    line = _fast_refusal(["analyze", *SMALL, "--out", tmp_path / "x", "--json", tmp_path / "x"])
+    assert "--json" in line and "--out" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_inside_the_report_folder_is_the_run_s_own(tmp_path):
+    out = tmp_path / "t1"
+    out.mkdir()
+    assert_clean_exit(invoke([*TRAIN, "--steps", "6", "--out", out, "--checkpoint", out / "ck.npz", "-q"]))
+    assert {"ck.npz", "metrics.json", "report.html"} <= {p.name for p in out.iterdir()}
+
+
+def test_npy_of_an_unknown_format_version_is_one_line(tmp_path):
+    buf = tmp_path / "v9.npy"
+    np.save(buf, np.zeros((3, 2, 1)))
+    raw = bytearray(buf.read_bytes())
+    raw[6] = 9  # major version 9
+    buf.write_bytes(bytes(raw))
+    line = _fast_refusal(["analyze", *SMALL, "--input", buf])
+    assert "v9.npy" in line and "version 9.0" in line
+    v3 = tmp_path / "v3.npy"  # version 3.0 (utf-8 field names) reads like 2.0
+    np.save(v3, np.zeros((3, 2, 1)))
+    raw = bytearray(v3.read_bytes())
+    header_len = int.from_bytes(raw[8:10], "little")  # 1.0: a 2-byte length; 3.0: 4 bytes
+    header = bytes(raw[10:10 + header_len - 1]) + b"  \n"  # two bytes longer: 4-byte length, same alignment
+    v3.write_bytes(b"\x93NUMPY\x03\x00" + len(header).to_bytes(4, "little") + header + bytes(raw[10 + header_len:]))
+    assert_clean_exit(invoke(["analyze", "--input", v3, "--hidden-size", "4", "--format", "none", "-q"]))
 
 
 def test_resume_with_fewer_steps_than_the_checkpoint_holds_is_refused(tmp_path):
@@ -432,8 +482,24 @@ def test_clip_keeps_each_finished_run_on_disk_as_it_goes(tmp_path, monkeypatch):
     res = invoke(["clip", "--hidden-size", "8", "--seq-len", "10", "--batch-size", "4", "--steps", "5",
                   "--strategies", "none,global_norm:1", "--out", out])
     assert res.exit_code == 130 and "Traceback" not in res.stderr
+    assert "runs_so_far.json holds the 1 finished run" in res.stderr
     kept = json.loads((out / "runs_so_far.json").read_text())["runs"]
     assert [r["label"] for r in kept] == ["none"] and len(kept[0]["loss"]) == 5
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_empty_folder(tmp_path, monkeypatch):
+    _interrupt_training_at(monkeypatch, 3)
+    monkeypatch.chdir(tmp_path)
+    res = invoke([*TRAIN, "--steps", "50", "--checkpoint-every", "10"])
+    assert res.exit_code == 130 and "no checkpoint had been written" in res.stderr
+    assert list((tmp_path / "reports").iterdir()) == []
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    proc = subprocess.run(f"{sys.executable} -m rnndiag analyze {' '.join(SMALL)} --format none | head -n 1",
+                          shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+                          executable="/bin/bash", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
 
 
 def test_train_clip_empty_names_the_clip_option(tmp_path):

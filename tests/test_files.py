@@ -4,6 +4,7 @@ number formatter of every table."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import math
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from rnndiag.files import (
     fresh_folder,
     open_regular,
     write_atomic,
+    write_new_report,
     write_report,
 )
 from rnndiag.render import fmt_num
@@ -71,9 +73,9 @@ def test_fresh_folder_takes_a_suffix_when_another_run_holds_the_name(tmp_path, m
     assert [p.name for p in made] == ["gru-20261206-030000", "gru-20261206-030000-2", "gru-20261206-030000-3"]
 
 
-def test_write_report_replaces_an_empty_folder_in_one_step(tmp_path):
+def test_a_new_report_folder_is_filled_in_one_step(tmp_path):
     out = fresh_folder(tmp_path, "rnn")
-    assert write_report(out, {"a.txt": b"1", "b.txt": b"2"}, force=False) == out
+    assert write_new_report(out, {"a.txt": b"1", "b.txt": b"2"}) == out
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]
     assert hidden_temp_entries(tmp_path) == []
     with pytest.raises(OutputError, match="not empty"):
@@ -104,13 +106,45 @@ def test_too_long_names_are_one_clear_error(tmp_path, make):
         check_out_dir(path, force=False)
 
 
+def test_a_folder_where_no_file_can_be_made_is_found_by_trying(tmp_path, monkeypatch):
+    """Permission bits say nothing for root or a read-only mount: the check creates (and removes) a file."""
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("rnndiag.files.tempfile.mkstemp", read_only)
+    with pytest.raises(OutputError, match=r"no file can be created .*Read-only file system"):
+        check_output_file(tmp_path / "m.json", "--json file", force=False)
+    with pytest.raises(OutputError, match="no file can be created"):
+        check_out_dir(tmp_path / "report", force=False)
+
+
+def test_output_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_atomic(check_output_file(link, "--json file", force=True), b"new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_write_report_keeps_an_existing_empty_folder(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    out.chmod(0o2750)
+    inode = out.stat().st_ino
+    write_report(out, {"metrics.json": b"{}"}, force=False)
+    assert out.stat().st_ino == inode and out.stat().st_mode & 0o7777 == 0o2750
+
+
 def test_check_output_file_refuses_before_any_work(tmp_path):
     with pytest.raises(OutputError, match="is a folder"):
         check_output_file(tmp_path, "--checkpoint", force=True)
     with pytest.raises(OutputError, match="does not exist; create it first"):
         check_output_file(tmp_path / "missing" / "run.npz", "--checkpoint", force=False)
-    with pytest.raises(OutputError, match="no file can be created"):
+    with pytest.raises(OutputError, match="is in /proc"):
         check_output_file(Path("/proc/rnndiag-run.npz"), "--checkpoint", force=False)
+    with pytest.raises(OutputError, match="ends with '/'"):
+        check_output_file(f"{tmp_path}/new/", "--checkpoint", force=False)
     (tmp_path / "old.json").write_text("{}")
     with pytest.raises(OutputError, match="exists; pass --force"):
         check_output_file(tmp_path / "old.json", "--json file", force=False)

@@ -7,6 +7,8 @@ stderr (``rnndiag: error: ...``) and exit code 2, with nothing written.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import warnings
 
@@ -21,8 +23,19 @@ from .train import train_cmd
 __all__ = ["main"]
 
 
+class _Interrupted(Exception):
+    """Ctrl-C, carried past click's own handling of KeyboardInterrupt."""
+
+
 class OneLineGroup(click.Group):
     """Click group whose usage errors are one line too (no usage block), exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        """Ctrl-C inside a command reaches :meth:`main` as it is (click would print a blank line and abort)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
 
     def main(self, args=None, prog_name=None, **extra):
         try:
@@ -50,9 +63,13 @@ class OneLineGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("rnndiag: aborted", err=True)
             sys.exit(130)
-        except KeyboardInterrupt:
-            click.echo("rnndiag: interrupted; nothing was written", err=True)
+        except (KeyboardInterrupt, _Interrupted):  # reports are staged and renamed into place: none was left
+            click.echo("rnndiag: interrupted; no report was written", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # the reader (| head) has what it wanted; say nothing more on a closed pipe
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -74,12 +74,28 @@ def build_model(request: AnalyzeRequest) -> tuple[RNNModel, np.ndarray | None]:
     from ..tasks import input_size as task_input_size
 
     req, data = request.model, request.data
-    if req.weights is not None or req.input_size is not None:
+    if req.weights is not None:
         return req.build(), None
     if data.input_path is not None:  # a fresh model sized by the input file: read it once, keep it
         x = load_input(data.input_path, req.dtype or np.float64)
+        _check_fresh(req, req.input_size or x.shape[2], x.shape[0], x.shape[1], None, data.loss)
         return req.build(x.shape[2]), x
-    return req.build(task_input_size(data.task or DEMO_TASK)), None
+    task = data.task or DEMO_TASK
+    input_size = req.input_size or task_input_size(task)
+    fits = task == "noise" or task_input_size(task) == input_size
+    _check_fresh(req, input_size, data.seq_len, data.batch_size, task if fits else "noise", data.loss)
+    return req.build(input_size), None
+
+
+def _check_fresh(req: ModelRequest, input_size: int, seq_len: int, batch_size: int, task: str | None,
+                 loss: str | None) -> None:
+    """A fresh model's whole analysis against the memory available, from the sizes alone: before its weights
+    (H x H, and an orthogonal init's QR) are made."""
+    from ..memory import INPUT_FILE_OPTION, estimate_analyze
+
+    estimate = estimate_analyze(req.cell, input_size, req.hidden_size, req.num_layers, seq_len, batch_size,
+                                req.dtype or "float64", task=task, loss=loss)
+    check_memory(estimate if task is not None else dataclasses.replace(estimate, option=INPUT_FILE_OPTION))
 
 
 def build_inputs(data: DataRequest, model: RNNModel, seed: int, file_x: np.ndarray | None) -> Inputs:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
 
 import click
+from rich.text import Text
 
 from ..files import write_atomic
 from .output import (
     InputError,
+    Interrupted,
     OutputRequest,
     comparison_report,
     emit,
@@ -149,18 +152,37 @@ def clip_cmd(**opts):
     training, output = request.training, request.output
     console = output.console()
     with library_errors():
+        if request.model.weights is None:  # a fresh model: its sizes are known before anything is allocated
+            check_memory(estimate_clip(request.model.cell, None, request.model.hidden_size, request.model.num_layers,
+                                       training.seq_len, training.batch_size, request.model.dtype or "float64",
+                                       task=training.task, steps=request.steps, strategies=len(request.strategies)))
         model = request.model.build_for_task(training.task)
         check_memory(estimate_clip(model.cell, model.input_size, model.hidden_size, model.num_layers, training.seq_len,
                                    training.batch_size, model.dtype, task=training.task, steps=request.steps,
                                    strategies=len(request.strategies)))
         run_folder = output.reserve(f"clip-{model.cell}") if output.formats else None
 
-        def keep(runs) -> None:  # each finished run is on disk at once: a killed comparison loses one run at most
-            write_atomic(run_folder / "runs_so_far.json",
-                         json.dumps({"runs": [r.to_dict() for r in runs]}, allow_nan=False).encode("utf-8"))
+        kept: list = []
 
-        cmp = compare_clipping(model, request.strategies, training.config(request.steps),
-                               progress=progress_printer(console), on_run=keep if run_folder else None)
+        def keep(runs) -> None:  # each finished run is on disk at once: a killed comparison loses one run at most
+            kept[:] = runs
+            try:
+                write_atomic(run_folder / "runs_so_far.json",
+                             json.dumps({"runs": [r.to_dict() for r in runs]}, allow_nan=False).encode("utf-8"))
+            except OSError as exc:  # the comparison goes on; only the copy kept along the way is missing
+                console.print(Text(f"warning: could not keep the finished runs in {str(run_folder)!r} "
+                                   f"({exc.strerror or exc})", style="yellow"))
+
+        try:
+            cmp = compare_clipping(model, request.strategies, training.config(request.steps),
+                                   progress=progress_printer(console), on_run=keep if run_folder else None)
+        except KeyboardInterrupt:
+            done = (f"{run_folder / 'runs_so_far.json'} holds the {len(kept)} finished run(s)" if kept
+                    else "no run had finished")
+            if run_folder is not None and not kept:
+                with contextlib.suppress(OSError):
+                    run_folder.rmdir()
+            raise Interrupted(f"interrupted during the clipping comparison; {done}") from None
     table, headline = clip_table(cmp, f"{model.cell} ({model.init})"), clip_headline(cmp)
     print_results(console, table, headline)
     command = training_command("clip", request.model, training, ["--strategies", request.strategies_text,

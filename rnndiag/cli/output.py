@@ -19,7 +19,16 @@ from rich.text import Text
 
 from .._validation import one_line
 from .._version import __version__
-from ..files import OutputError, check_out_dir, check_output_file, fresh_folder, write_atomic, write_report
+from ..files import (
+    OutputError,
+    check_out_dir,
+    check_output_file,
+    fresh_folder,
+    same_path,
+    write_atomic,
+    write_new_report,
+    write_report,
+)
 
 FORMATS = ("html", "png", "json")
 REPORTS = Path("reports")  # the default report folder, relative to where the command runs
@@ -116,7 +125,7 @@ def _json_path(json_to: str | None, force: bool) -> Path | None:
     if json_to in (None, "-"):
         return None
     try:
-        return check_output_file(Path(json_to), "--json file", force=force)
+        return check_output_file(json_to, "--json file", force=force)
     except OutputError as exc:
         raise InputError(one_line(exc)) from None
 
@@ -129,6 +138,9 @@ def output_request(opts: dict) -> OutputRequest:
     json_path = _json_path(opts["json_to"], force)
     if json_path is not None:  # --json PATH: metrics.json in the report too
         chosen = tuple(sorted(set(chosen) | {"json"}))
+        if out is not None and same_path(json_path, out):
+            raise InputError(f"--json {str(json_path)!r} and --out name the same path; give the metrics a file name "
+                             "of its own (the report folder holds metrics.json anyway)")
     if chosen:
         try:  # the default folder is new: reports/ itself must be (or can become) a writable folder
             check_out_dir(out, force) if out is not None else check_out_dir(REPORTS, force=True)
@@ -187,16 +199,19 @@ def emit(request: OutputRequest, report: Report, console: Console, folder_name: 
             if reserved is not None:  # ours since the run began: file by file, each atomically
                 for name, data in files.items():
                     write_atomic(reserved / name, data)
-            else:
-                folder = request.folder(folder_name)
+            elif request.out is not None:
                 write_report(folder, files, request.force)
-            if request.json_path is not None:
-                write_atomic(request.json_path, files["metrics.json"])
+            else:  # a new folder, made now (exclusively), filled in one step
+                folder = fresh_folder(REPORTS, folder_name)
+                write_new_report(folder, files)
         except (OSError, OutputError) as exc:
-            if request.out is None and reserved is None and folder != REPORTS:  # the new folder made for it, empty
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
             raise InputError(f"cannot write the report to {str(folder)!r}: {one_line(exc)}") from None
+        if request.json_path is not None:
+            try:
+                write_atomic(request.json_path, files["metrics.json"])
+            except OSError as exc:
+                raise InputError(f"the report is in {str(folder)!r}, but the --json file "
+                                 f"{str(request.json_path)!r} could not be written: {one_line(exc)}") from None
         shown = folder / "report.html" if "html" in formats else folder
     writing_s = time.perf_counter() - t0
     if request.json_stdout:

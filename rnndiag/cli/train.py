@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +65,10 @@ def _clip_strategy(text: str) -> tuple[str, float | None]:
     return name, threshold
 
 
-def _checkpoint(opts: dict) -> Path | None:
+def _checkpoint(opts: dict, output: OutputRequest) -> Path | None:
     """--checkpoint, checked before any training: a file (not a folder or a pipe) that can be created in an
-    existing folder; with --resume an existing regular file."""
-    from ..files import PathError, check_output_file, open_regular
+    existing folder, not the --json file or the --out folder; with --resume an existing regular file."""
+    from ..files import PathError, check_output_file, open_regular, same_path
 
     checkpoint, resume = opts["checkpoint"], opts["resume"]
     if checkpoint is None:
@@ -83,16 +84,19 @@ def _checkpoint(opts: dict) -> Path | None:
     except (PathError, OSError) as exc:
         text = one_line(exc)
         if "exists; pass --force" in text:
-            text = f"checkpoint {str(checkpoint)!r} exists; pass --resume to continue it or --force to start over"
+            text = f"checkpoint {checkpoint!r} exists; pass --resume to continue it or --force to start over"
         raise InputError(text) from None
-    return checkpoint
+    for other, option in ((output.json_path, "--json"), (output.out, "--out")):
+        if other is not None and same_path(checkpoint, other):
+            raise InputError(f"--checkpoint and {option} both name {str(other)!r}; give each its own path")
+    return Path(checkpoint)
 
 
 def train_request(opts: dict) -> TrainRequest:
     output = output_request(opts)
     model, training = ModelRequest.from_options(opts, given_options()), TrainingRequest.from_options(opts)
     clip = _clip_strategy(opts["clip_spec"])
-    checkpoint = _checkpoint(opts)
+    checkpoint = _checkpoint(opts, output)
     return TrainRequest(model, training, opts["steps"], clip, opts["clip_spec"], opts["schedule"], opts["diag_points"],
                         checkpoint, opts["checkpoint_every"], opts["resume"], output)
 
@@ -107,7 +111,9 @@ def train_request(opts: dict) -> TrainRequest:
 @click.option("--schedule", type=click.Choice(("log", "linear")), default="log", show_default=True,
               help="Spacing of the diagnostics over training.")
 @click.option("--diag-points", type=click.IntRange(min=2), default=12, show_default=True)
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint file (.npz).")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Checkpoint file (.npz), written every --checkpoint-every iterations. [default: checkpoint.npz in "
+                   "the report folder]")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
 @output_options("train-<cell>")
@@ -121,6 +127,7 @@ def train_cmd(**opts):
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..files import same_path
     from ..memory import estimate_train
     from ..render.compare import train_figures, train_headline, train_table
     from ..train import TrainingInterrupted, train
@@ -129,12 +136,20 @@ def train_cmd(**opts):
     training, output = request.training, request.output
     console = output.console()
     with library_errors():
+        if request.model.weights is None:  # a fresh model: its sizes are known before anything is allocated
+            check_memory(estimate_train(request.model.cell, None, request.model.hidden_size,
+                                        request.model.num_layers, training.seq_len, training.batch_size,
+                                        request.model.dtype or "float64", task=training.task, steps=request.steps,
+                                        diag_points=request.diag_points))
         model = request.model.build_for_task(training.task)
         check_memory(estimate_train(model.cell, model.input_size, model.hidden_size, model.num_layers,
                                     training.seq_len, training.batch_size, model.dtype, task=training.task,
                                     steps=request.steps, diag_points=request.diag_points))
         checkpoint, run_folder = request.checkpoint, None
-        if checkpoint is None and output.formats:  # the run writes its checkpoint into its report folder as it goes
+        if checkpoint is not None and output.out is not None and output.formats and \
+                same_path(checkpoint.parent, output.out):  # the checkpoint lives in the report folder: ours
+            run_folder = output.reserve(f"train-{model.cell}")
+        elif checkpoint is None and output.formats:  # the run writes its checkpoint into its report folder
             run_folder = output.reserve(f"train-{model.cell}")
             checkpoint = run_folder / "checkpoint.npz"
             if not output.quiet:
@@ -158,6 +173,9 @@ def train_cmd(**opts):
                 result = train(model, cfg, resume=checkpoint if request.resume else None, checkpoint=checkpoint,
                                progress=progress)
             except TrainingInterrupted as exc:
+                if run_folder is not None and request.checkpoint is None:
+                    with contextlib.suppress(OSError):
+                        run_folder.rmdir()  # only if still empty: no checkpoint was written into it
                 raise Interrupted(_interrupted(exc, explicit=request.checkpoint is not None)) from None
     title = f"{model.describe()} on {training.task}"
     table, headline = train_table(result, f"{title}: diagnostics over training"), train_headline(result)
@@ -171,10 +189,13 @@ def train_cmd(**opts):
     if request.resume and trained == 0 and result.complete and not output.quiet:
         console.print(Text(f"the checkpoint already held all {request.steps} iterations: nothing was trained; pass a "
                            "larger --steps to continue it", style="yellow"))
-    print_report_path(console, emit(output, report, console, f"train-{model.cell}", reserved=run_folder))
     stop = result.failure or result.history.stopped
-    if stop:  # why the run ended early goes to stderr whatever the verbosity
-        click.echo(f"rnndiag: training stopped: {stop}", err=True)
+    if stop:  # why the run ended early goes to stderr whatever the verbosity, before the report is written
+        kept = f"; checkpoint {str(checkpoint)!r} holds {result.checkpoint_saved} iterations" \
+            if checkpoint is not None and result.checkpoint_saved else ""
+        click.echo(f"rnndiag: training stopped: {stop}{kept}", err=True)
+    print_report_path(console, emit(output, report, console, f"train-{model.cell}", reserved=run_folder))
+    if stop:
         sys.exit(1)
 
 
