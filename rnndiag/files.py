@@ -207,6 +207,11 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *, mode: 
     path = Path(path)
     if path.is_symlink():  # replace the file the link points to, never the link itself
         path = Path(os.path.realpath(path))
+    system = _system_path(path)
+    if system:  # never replace a device node or a kernel file, whoever calls (the CLI refuses these earlier)
+        raise OutputError(f"{_short(path)} is in {system}, where rnndiag writes no files; choose a file on disk")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{_short(path)} exists and is not a regular file; choose another path")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -76,6 +76,31 @@ def test_unwritable_json_is_refused_before_the_report(tmp_path, command, json_to
     assert not out.exists()
 
 
+def test_a_run_that_takes_the_folder_name_while_we_write_does_not_cost_our_report(tmp_path, monkeypatch):
+    """The race of two runs in one second: another run takes reports/<name>-<time> between our choosing that name
+    and our report landing. The name is taken with os.mkdir, so the other run gets its own suffix."""
+    import rnndiag.files as files
+
+    freeze_report_clock(monkeypatch, dt.datetime(2026, 12, 6, 12, 0, 0))
+    monkeypatch.chdir(tmp_path)
+    real_mkdtemp, others = files.tempfile.mkdtemp, []
+
+    def another_run_meanwhile(*args, **kwargs):
+        if not others:
+            theirs = files.fresh_folder(Path("reports"), "rnn_tanh")
+            theirs.mkdir(exist_ok=True)
+            (theirs / "metrics.json").write_text('{"theirs": true}')
+            others.append(theirs)
+        return real_mkdtemp(*args, **kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", another_run_meanwhile)
+    assert_clean_exit(invoke(["analyze", *SMALL, "--format", "json", "-q"]))
+    folders = sorted((tmp_path / "reports").iterdir())
+    assert len(folders) == 2
+    contents = sorted(json.loads((f / "metrics.json").read_text()).get("theirs", False) for f in folders)
+    assert contents == [False, True]  # ours and theirs, each whole
+
+
 @pytest.mark.parametrize("option", ["--weights", "--input", "--out"])
 def test_too_long_file_names_are_one_line(tmp_path, option):
     line = _fast_refusal(["analyze", *([] if option == "--weights" else SMALL), option, tmp_path / LONG_NAME])

@@ -127,6 +127,22 @@ def test_output_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path)
     assert link.is_symlink() and target.read_text() == "new"
 
 
+@pytest.mark.parametrize("target", ["/dev/full", "/dev/null", "/proc/self/rnndiag-x"])
+def test_write_atomic_never_replaces_a_device_or_kernel_file(target):
+    """The library's own writer refuses them too (train(checkpoint="/dev/full") once replaced the device node)."""
+    before = os.stat(target).st_mode if os.path.exists(target) else None
+    with pytest.raises(OutputError, match="writes no files"):
+        write_atomic(Path(target), b"x")
+    assert (os.stat(target).st_mode if os.path.exists(target) else None) == before
+
+
+def test_write_atomic_refuses_a_folder_or_pipe_in_the_way(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    for name in ("pipe", "."):
+        with pytest.raises(OutputError, match="not a regular file"):
+            write_atomic(tmp_path / name, b"x")
+
+
 def test_write_report_keeps_an_existing_empty_folder(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
