@@ -91,10 +91,17 @@ def _check_fresh(req: ModelRequest, input_size: int, seq_len: int, batch_size: i
                  loss: str | None) -> None:
     """A fresh model's whole analysis against the memory available, from the sizes alone: before its weights
     (H x H, and an orthogonal init's QR) are made."""
+    _check_analysis_memory(req.cell, input_size, req.hidden_size, req.num_layers, req.dtype or "float64", seq_len,
+                           batch_size, task, loss)
+
+
+def _check_analysis_memory(cell, input_size, hidden_size, num_layers, dtype, seq_len: int, batch_size: int,
+                           task: str | None, loss: str | None) -> None:
+    """The analysis of these sizes against the memory available (``task`` None: an input file's batch)."""
     from ..memory import INPUT_FILE_OPTION, estimate_analyze
 
-    estimate = estimate_analyze(req.cell, input_size, req.hidden_size, req.num_layers, seq_len, batch_size,
-                                req.dtype or "float64", task=task, loss=loss)
+    estimate = estimate_analyze(cell, input_size, hidden_size, num_layers, seq_len, batch_size, dtype, task=task,
+                                loss=loss)
     check_memory(estimate if task is not None else dataclasses.replace(estimate, option=INPUT_FILE_OPTION))
 
 
@@ -108,7 +115,8 @@ def build_inputs(data: DataRequest, model: RNNModel, seed: int, file_x: np.ndarr
         if x.shape[2] != model.input_size:
             raise InputError(f"input file {str(data.input_path)!r} has {x.shape[2]} input channels (shape "
                              f"{x.shape}); the model takes {model.input_size}")
-        check_memory(_estimate(model, x.shape[0], x.shape[1], None, data.loss))
+        _check_analysis_memory(model.cell, model.input_size, model.hidden_size, model.num_layers, model.dtype,
+                               x.shape[0], x.shape[1], None, data.loss)
         return Inputs(x, None, f"{data.input_path} (shape {x.shape})", ("--input", str(data.input_path)))
     task = data.task or DEMO_TASK
     if task != "noise" and task_input_size(task) != model.input_size:
@@ -116,20 +124,13 @@ def build_inputs(data: DataRequest, model: RNNModel, seed: int, file_x: np.ndarr
             raise InputError(f"task {task} feeds {task_input_size(task)} input channels but the model takes "
                              f"{model.input_size}; use --task noise or --input FILE.npy")
         task = "noise"
-    check_memory(_estimate(model, data.seq_len, data.batch_size, task, data.loss))
+    _check_analysis_memory(model.cell, model.input_size, model.hidden_size, model.num_layers, model.dtype,
+                           data.seq_len, data.batch_size, task, data.loss)
     problem = task_problem(task, data.seq_len, data.batch_size, seed, model.hidden_size,
                            input_size=model.input_size, dtype=model.dtype)
     T, B, _ = problem.x.shape
     return Inputs(problem.x, problem, f"task {task}, T = {T}, B = {B}, seed {seed}",
                   ("--task", task, "--seq-len", str(data.seq_len), "--batch-size", str(data.batch_size)))
-
-
-def _estimate(model: RNNModel, seq_len: int, batch_size: int, task: str | None, loss: str | None):
-    from ..memory import INPUT_FILE_OPTION, estimate_analyze
-
-    estimate = estimate_analyze(model.cell, model.input_size, model.hidden_size, model.num_layers, seq_len,
-                                batch_size, model.dtype, task=task, loss=loss)
-    return estimate if task is not None else dataclasses.replace(estimate, option=INPUT_FILE_OPTION)
 
 
 def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
