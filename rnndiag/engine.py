@@ -228,11 +228,11 @@ class LayerTrace:
     @property
     def final_h(self) -> np.ndarray:
         """``h`` at every sequence's own last step (B, H): this direction's part of PyTorch's ``h_n``."""
-        return _at_last_step(self.h, self.lengths)
+        return at_last_step(self.h, self.lengths)
 
     @property
     def final_c(self) -> np.ndarray | None:
-        return None if self.c is None else _at_last_step(self.c, self.lengths)
+        return None if self.c is None else at_last_step(self.c, self.lengths)
 
     def in_time_order(self, a: np.ndarray) -> np.ndarray:
         """A (T, B, ...) array of this direction in processing order, put in time order (a view when it can)."""
@@ -248,7 +248,7 @@ class LayerTrace:
         return int(sum(a.nbytes for a in arrays if a is not None))
 
 
-def _at_last_step(a: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+def at_last_step(a: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     """``a[length_b - 1, b]`` for every row b of a (T, B, K) array (``a[-1]`` without lengths)."""
     if lengths is None:
         return a[-1]
@@ -644,20 +644,12 @@ def backward(trace: Trace, grad_h, *, param_grads: bool = True, grad_state_n=Non
         backs = []
         for d in range(D):
             k = layer * D + d
-            lt = layers[k]
-            w_hh, w_hr = model.layer_params(layer, d)[1], model.projection(layer, d)
-            seen = direct[:, :, d * P : (d + 1) * P]
-            seen = seen if d == 0 else reverse_time(seen, lengths)  # processing order
-            if final_h is not None:  # dL/dh_n lands on each sequence's last step
-                seen = seen + _at_last_steps(final_h[k], lengths, T)
-            extra = _proj_kwargs(w_hr)
-            if final_c is not None:
-                extra["grad_c"] = _at_last_steps(final_c[k], lengths, T)
-            back = mod.backward(lt.arrays, lt.h0, lt.c0, w_hh, seen, **kwargs, **extra)
+            back = _backward_direction(model, layers[k], direct, final_h, final_c, lengths, mod, kwargs)
             grad_h0[k] = back["grad_h0"]
             if grad_c0 is not None:
                 grad_c0[k] = back["grad_c0"]
             backs.append(back)
+            lt = layers[k]
             out_layers[k] = LayerTrace(lt.cell, lt.layer, lt.w_hh, lt.h0, lt.c0, lt.arrays, back["grad_h"],
                                        back.get("grad_c"), lt.direction, lt.w_hr, lt.lengths)
         # the input side of both directions at once, time order: one product for the input gradient, one for
@@ -696,6 +688,21 @@ def backward(trace: Trace, grad_h, *, param_grads: bool = True, grad_state_n=Non
         grads = {k: np.ascontiguousarray(grads[k], dtype=model.dtype) for k in model.params}
     return Trace(model, x, tuple(out_layers), grad_x, grad_h0, grad_c0, grads if param_grads else None, lengths,
                  masks)
+
+
+def _backward_direction(model: RNNModel, lt: LayerTrace, direct, final_h, final_c, lengths, mod, kwargs) -> dict:
+    """The cell's BPTT over one direction of one layer, from the gradient on the layer's output (time order),
+    plus the loss's gradient on its final states at each sequence's last step."""
+    T, P, k = direct.shape[0], model.output_size, lt.layer * model.num_directions + lt.direction
+    w_hh, w_hr = model.layer_params(lt.layer, lt.direction)[1], model.projection(lt.layer, lt.direction)
+    seen = direct[:, :, lt.direction * P : (lt.direction + 1) * P]
+    seen = seen if lt.direction == 0 else reverse_time(seen, lengths)  # processing order
+    if final_h is not None:  # dL/dh_n lands on each sequence's last step
+        seen = seen + _at_last_steps(final_h[k], lengths, T)
+    extra = _proj_kwargs(w_hr)
+    if final_c is not None:
+        extra["grad_c"] = _at_last_steps(final_c[k], lengths, T)
+    return mod.backward(lt.arrays, lt.h0, lt.c0, w_hh, seen, **kwargs, **extra)
 
 
 def _recurrent_weight_grad(d_rec: np.ndarray, lt: LayerTrace) -> np.ndarray:

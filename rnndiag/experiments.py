@@ -47,7 +47,7 @@ def diagnose_on_task(model: RNNModel, task: str, seq_len: int, batch_size: int, 
                      w=None, b=None) -> Diagnosis:
     """``analyze`` with the task's own loss through a readout (the trained one ``w, b``, or the seeded random one),
     on the seed's diagnosis batch: what ``rnndiag analyze --task`` and ``rnndiag init`` report."""
-    problem = task_problem(task, seq_len, batch_size, seed, model.hidden_size,
+    problem = task_problem(task, seq_len, batch_size, seed, model.num_directions * model.output_size,
                            readout_wb=None if w is None else (w, b), dtype=model.dtype)
     return diagnose_problem(model, problem, seed)[0]
 

@@ -16,7 +16,7 @@ import numpy as np
 from .._validation import check_array
 from .._version import __version__
 from ..cells import is_gated
-from ..engine import Trace, bptt
+from ..engine import Trace, bptt, check_lengths, padding_mask, reverse_time
 from ..jsonsafe import finite_or_none, jsonable, list_or_none
 from ..model import RNNModel
 from ..norms import global_norm
@@ -35,10 +35,14 @@ class NonFinite:
 
     kind: str  # "state" or "gradient"
     layer: int
-    step: int
+    step: int  # time step (for a reverse direction too)
+    direction: int | None = None  # 0 forward, 1 reverse; None for a one-way model
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "layer": self.layer, "step": self.step}
+        out = {"kind": self.kind, "layer": self.layer, "step": self.step}
+        if self.direction is not None:
+            out["direction"] = "reverse" if self.direction else "forward"
+        return out
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,19 @@ class LayerDiagnosis:
     detail: str
     rule: RuleHit
     forget_bias: float | None  # LSTM: mean effective forget-gate bias b_ih_f + b_hh_f
+    direction: int = 0  # 0 forward, 1 reverse
+
+    @property
+    def name(self) -> str:
+        """``layer 0``, or ``layer 0 reverse``."""
+        return f"layer {self.layer}" + (" reverse" if self.direction else "")
 
     def to_dict(self) -> dict:
         ly = self.lyapunov
         return {
             "layer": self.layer,
+            "direction": "reverse" if self.direction else "forward",
+            "name": self.name,
             "verdict": self.verdict,
             "verdict_detail": self.detail,
             "rule": self.rule.to_dict(),
@@ -101,11 +113,30 @@ class Diagnosis:
     suggested_clip_norm: float | None
     settings: AnalysisSettings
     trace: Trace | None = field(default=None, repr=False, compare=False)
+    bidirectional: bool = False
+    proj_size: int = 0
+    source_dtype: str | None = None  # the weights' stored dtype when not the computed one (float16, bfloat16)
+    sequence_lengths: tuple[int, ...] | None = None  # per-sequence lengths, when they differ from seq_len
+    dropout: str = "none between layers"  # what was replayed between layers
+
+    @property
+    def architecture(self) -> str:
+        """One line: cell, sizes, directions and layers (``lstm, hidden 8, proj 4, bidirectional, 2 layer(s)``)."""
+        parts = [self.cell, f"hidden {self.hidden_size}"]
+        if self.proj_size:
+            parts.append(f"proj {self.proj_size}")
+        if self.bidirectional:
+            parts.append("bidirectional")
+        parts.append(f"{self.num_layers} layer(s)")
+        if self.source_dtype:
+            parts.append(f"{self.source_dtype} weights computed in {self.dtype}")
+        return ", ".join(parts)
 
     @property
     def gradient_flow(self) -> GradientFlow:
-        """The last layer's gradient flow (where the loss looks)."""
-        return self.layers[-1].flow
+        """The last layer's gradient flow (where the loss looks); its forward direction when bidirectional (every
+        direction's is in ``layers``)."""
+        return self.layers[-2 if self.bidirectional else -1].flow
 
     def to_dict(self) -> dict:
         gf = self.gradient_flow
@@ -126,6 +157,12 @@ class Diagnosis:
             "seed": self.seed,
             "init": self.init,
             "dtype": self.dtype,
+            "weights_dtype": self.source_dtype or self.dtype,
+            "bidirectional": self.bidirectional,
+            "num_directions": 2 if self.bidirectional else 1,
+            "proj_size": self.proj_size,
+            "sequence_lengths": list(self.sequence_lengths) if self.sequence_lengths is not None else None,
+            "dropout": self.dropout,
             "loss": self.loss,
             "verdict": self.verdict,
             "verdict_detail": self.verdict_detail,
@@ -179,6 +216,9 @@ def analyze(
     q0: str | None = None,
     keep_trace: bool = False,
     loss_label: str | None = None,
+    lengths=None,
+    batch_first: bool = False,
+    dropout_masks=None,
 ) -> Diagnosis:
     """Diagnose the gradient flow of ``model`` on ``x`` (T, B, I).
 
@@ -191,6 +231,11 @@ def analyze(
     exact arithmetic, but with more than one step the frame's columns can collapse before the QR (singular or
     strongly contracting Jacobians: a dead ReLU unit's -inf exponent comes out finite), so the default is 1.
     ``loss_label`` names the loss in the results (default: ``probe (last)``, ``probe (all)`` or ``given grad_h``).
+    ``lengths`` (B,): each sequence's own number of steps (a padded batch); each sequence's flow is then measured
+    over its own steps, counted back from its own end. ``batch_first``: ``x`` (and ``grad_h``) are (B, T, ...).
+    ``dropout_masks``: the masks between layers of a train-mode replay (see :func:`rnndiag.forward`); without
+    them dropout is not replayed (eval mode), and the diagnosis says so. Bidirectional models are measured per
+    direction; the probe's "last step" is each direction's own last (a loss on ``h_n``).
 
     >>> from rnndiag import init_model
     >>> m = init_model("rnn_tanh", 2, 16, init="tutorial", seed=0)
@@ -200,37 +245,80 @@ def analyze(
     """
     if not isinstance(model, RNNModel):
         raise TypeError(f"model must be an RNNModel (from init_model or load_weights); got {type(model).__name__}")
+    if batch_first:
+        x, grad_h, dropout_masks = _time_major(x), _time_major(grad_h), \
+            None if dropout_masks is None else [_time_major(m) for m in dropout_masks]
     x = check_array(x, "x", ("T", "B", model.input_size), model.dtype)
     T, B, _ = x.shape
+    lengths = check_lengths(lengths, T, B)
+    D, P = model.num_directions, model.output_size
     settings = analysis_settings(model, T, B, loss=loss, horizon_factor=horizon_factor, batch_sample=batch_sample,
                                  lyapunov_k=lyapunov_k, lyapunov_warmup=lyapunov_warmup,
                                  reortho_every=reortho_every, q0=q0, seed=seed)
     probe_used = grad_h is None
     if probe_used:
-        grad_h = probe_grad_h(loss, T, B, model.hidden_size, seed, model.dtype)
+        grad_h = probe_grad_h(loss, T, B, P, seed, model.dtype, directions=D, lengths=lengths)
     else:
-        grad_h = check_array(grad_h, "grad_h", (T, B, model.hidden_size), model.dtype)
+        grad_h = check_array(grad_h, "grad_h", (T, B, D * P), model.dtype)
     if loss_label is None:
         loss_label = f"probe ({loss})" if probe_used else "given grad_h"
     loss_label = str(loss_label)
     with np.errstate(all="ignore"):
-        trace = bptt(model, x, grad_h, state0, param_grads=True)
+        trace = bptt(model, x, grad_h, state0, param_grads=True, lengths=lengths, dropout_masks=dropout_masks)
     overflow = _state_overflow(trace)
     if overflow is not None:  # analyse the finite part, then say where it exploded
-        if overflow.step < 2:
-            raise ValueError(f"the state overflowed at step {overflow.step} already: nothing can be measured; "
-                             "the weights or inputs are far too large")
-        finite = analyze(model, x[: overflow.step], loss=loss, grad_h=None if probe_used else grad_h[: overflow.step],
-                         state0=state0, seed=seed, horizon_factor=horizon_factor,
-                         batch_sample=list(settings.batch_sample), lyapunov_k=lyapunov_k,
-                         lyapunov_warmup=min(settings.lyapunov_warmup, overflow.step - 1),
-                         reortho_every=reortho_every, q0=q0, keep_trace=keep_trace, loss_label=loss_label)
+        _check_measurable(overflow, model, lengths)
+        n = overflow.step
+        finite = analyze(model, x[:n], loss=loss, grad_h=None if probe_used else grad_h[:n], state0=state0,
+                         seed=seed, horizon_factor=horizon_factor, batch_sample=list(settings.batch_sample),
+                         lyapunov_k=lyapunov_k, lyapunov_warmup=min(settings.lyapunov_warmup, n - 1),
+                         reortho_every=reortho_every, q0=q0, keep_trace=keep_trace, loss_label=loss_label,
+                         dropout_masks=None if dropout_masks is None else [m[:n] for m in dropout_masks])
         return _exploded(finite, overflow, T)
-    probe_start = probe_vectors(B, model.hidden_size, seed)
-    measured = [measure_layer(model, lt, settings, grad_h, start_vectors(model, lt, settings, grad_h, probe_start),
-                              seed) for lt in trace.layers]
+    measured = _measure_all(model, trace, settings, grad_h, probe_vectors(B, P, seed, D), seed)
     return _assemble(model, x, grad_h, state0, trace, settings, measured, _gradient_overflow(trace), loss_label,
-                     seed, keep_trace)
+                     seed, keep_trace, dropout_masks is not None)
+
+
+def _measure_all(model, trace, settings, grad_h, probe_start, seed) -> list:
+    """:func:`measure_layer` of every layer trace: the last layer's directions start from the loss's own
+    gradient where it looks at the last step, the others from the probe's vectors (B, D*P)."""
+    P = model.output_size
+    measured = []
+    for lt in trace.layers:
+        direct = _direct_gradient(grad_h, lt, P, trace.lengths) if lt.layer == model.num_layers - 1 else None
+        start = start_vectors(lt, settings, direct, probe_start[:, lt.direction * P : (lt.direction + 1) * P])
+        measured.append(measure_layer(model, lt, settings, direct, start, seed))
+    return measured
+
+
+def _time_major(a):
+    """A (B, T, ...) array as (T, B, ...); anything else (None, a wrong shape for check_array to name) as given."""
+    return np.swapaxes(np.asarray(a), 0, 1) if a is not None and np.ndim(a) >= 2 else a
+
+
+def _check_measurable(overflow: NonFinite, model: RNNModel, lengths) -> None:
+    """Whether the finite part before a state overflow can be analysed on its own; a ValueError if not."""
+    if model.bidirectional or lengths is not None:
+        raise ValueError(f"the state of {_where(overflow)} overflowed at step {overflow.step}: a bidirectional "
+                         "model or a batch of several lengths cannot be measured on its finite part alone; "
+                         "the weights or inputs are far too large (scale them down)")
+    if overflow.step < 2:
+        raise ValueError(f"the state overflowed at step {overflow.step} already: nothing can be measured; "
+                         "the weights or inputs are far too large")
+
+
+def _direct_gradient(grad_h: np.ndarray, lt, P: int, lengths) -> np.ndarray:
+    """The loss's own gradient on one direction's outputs (T, B, P), in its processing order, zero past each
+    sequence's length."""
+    part = grad_h[:, :, lt.direction * P : (lt.direction + 1) * P]
+    if lengths is not None:
+        part = np.where(padding_mask(lengths, grad_h.shape[0])[:, :, None], 0.0, part)
+    return part if lt.direction == 0 else reverse_time(part, lengths)
+
+
+def _where(nf: NonFinite) -> str:
+    return f"layer {nf.layer}" + (" reverse" if nf.direction else "")
 
 
 def _state_overflow(trace: Trace) -> NonFinite | None:
@@ -240,8 +328,17 @@ def _state_overflow(trace: Trace) -> NonFinite | None:
         if step is None and lt.c is not None:
             step = first_nonfinite(lt.c)
         if step is not None:
-            return NonFinite("state", lt.layer, step)
+            return NonFinite("state", lt.layer, _time_step(lt, step), _direction(trace, lt))
     return None
+
+
+def _direction(trace: Trace, lt) -> int | None:
+    return lt.direction if trace.model.bidirectional else None
+
+
+def _time_step(lt, step: int) -> int:
+    """A processing-order step of a layer trace as a time step (the reverse direction runs from the end)."""
+    return step if lt.direction == 0 else lt.h.shape[0] - 1 - step
 
 
 def _gradient_overflow(trace: Trace) -> NonFinite | None:
@@ -249,44 +346,72 @@ def _gradient_overflow(trace: Trace) -> NonFinite | None:
     for lt in reversed(trace.layers):
         step = first_nonfinite(lt.grad_h, reverse=True)
         if step is not None:
-            return NonFinite("gradient", lt.layer, step)
+            return NonFinite("gradient", lt.layer, _time_step(lt, step), _direction(trace, lt))
     return None
 
 
 def _assemble(model, x, grad_h, state0, trace, settings, measured, nonfinite, loss_label, seed,
-              keep_trace) -> Diagnosis:
+              keep_trace, dropout_replayed=False) -> Diagnosis:
     """The verdict of every layer by the rule table, the model's (its worst layer's), caveats and advice."""
     T, B, _ = x.shape
+    lengths = trace.lengths
+    if lengths is not None:  # steps past the longest sequence are padding only
+        T = int(lengths.max())
     layers = []
     for lt, spectrum, m in zip(trace.layers, weight_spectra(model), measured):
-        nf = nonfinite if nonfinite is not None and nonfinite.layer == lt.layer else None
+        nf = nonfinite if nonfinite is not None and (nonfinite.layer, nonfinite.direction or 0) == \
+            (lt.layer, lt.direction) else None
         v, detail, rule = layer_verdict(lt.layer, T, m.flow, m.lyapunov.top, nf.step if nf else None,
                                         nonfinite.kind if nonfinite else None)
         layers.append(LayerDiagnosis(lt.layer, spectrum, m.flow, m.lyapunov, m.gates, v, detail, rule,
-                                     m.forget_bias))
+                                     m.forget_bias, lt.direction))
     worst = max(layers, key=lambda ld: SEVERITY[ld.verdict])
     grad_norm_total = global_norm(trace.param_grads)
     grad_norm_total = grad_norm_total if math.isfinite(grad_norm_total) else None
     clip = _suggested_clip(model, x, grad_h, trace, state0) if worst.verdict == "exploding" else None
     caveats = _caveats(model, layers, worst.verdict, T)
     notes = []
-    if len(settings.batch_sample) < B:
+    sampled = len(layers[-1].flow.jacobian_batch)
+    if lengths is not None:
+        notes.append(f"sequences of {int(lengths.min())} to {int(lengths.max())} steps: each sequence's gradient "
+                     f"flow is measured over its own steps, counted back from its own last step; Jacobian "
+                     f"products and Lyapunov exponents use the {sampled} sampled sequence(s) of the longest "
+                     f"length among those sampled")
+    elif len(settings.batch_sample) < B:
         notes.append(f"Jacobian products and Lyapunov exponents were computed on {len(settings.batch_sample)} of "
                      f"{B} sequences (batch_sample) to bound the cost")
+    if model.bidirectional:
+        notes.append("bidirectional: each direction is measured on its own, in its own processing order (the "
+                     "reverse direction's step k is time T-1-k); the probe's last step is each direction's last")
+    if model.proj_size:
+        notes.append(f"LSTM with proj_size {model.proj_size}: the state is [h ({model.proj_size}); c "
+                     f"({model.hidden_size})] and the spectra are of the {model.proj_size}x{model.proj_size} "
+                     "products W_hr W_h(gate)")
+    if model.source_dtype:
+        notes.append(f"weights stored as {model.source_dtype}, computed in {model.dtype}")
+    if model.num_layers > 1:
+        dropout = "train-mode masks given, replayed exactly" if dropout_replayed else \
+            "not replayed (eval mode): any dropout between layers is off, as in model.eval()"
+    else:
+        dropout = "none between layers (one layer)"
     return Diagnosis(
         cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,
         seq_len=T, batch_size=B, seed=seed if isinstance(seed, int) else None, init=model.init,
         dtype=str(model.dtype), loss=loss_label, verdict=worst.verdict,
-        verdict_detail=worst.detail if len(layers) == 1 else f"layer {worst.layer}: {worst.detail}",
+        verdict_detail=worst.detail if len(layers) == 1 else f"{worst.name}: {worst.detail}",
         confidence="low" if caveats else "high", caveats=tuple(caveats), notes=tuple(notes),
         advice=tuple(advice(layers, model.cell, T, worst.verdict, clip, grad_norm_total)),
         rules=tuple(ld.rule for ld in layers), layers=tuple(layers), nonfinite=nonfinite,
         global_grad_norm=grad_norm_total, suggested_clip_norm=clip, settings=settings,
-        trace=trace if keep_trace else None)
+        trace=trace if keep_trace else None, bidirectional=model.bidirectional, proj_size=model.proj_size,
+        source_dtype=model.source_dtype,
+        sequence_lengths=None if lengths is None else tuple(int(n) for n in lengths), dropout=dropout)
 
 
 def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
     """Global gradient norm of the same loss over only its last few steps (no long-range explosion in it)."""
+    if model.bidirectional or trace.lengths is not None or trace.dropout_masks is not None:
+        return None  # a truncated window is not defined for a reverse direction or sequences of several lengths
     T = x.shape[0]
     w = min(T, THRESHOLDS["clip_window"])
     s0 = state0 if w == T else trace.state0_after(T - w - 1)

@@ -17,6 +17,7 @@ it is censored at ``T`` and, for a decaying gradient, extrapolated from the rate
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,17 @@ class DecayFit:
     def to_dict(self) -> dict:
         return {"decay_per_step": finite_or_none(self.rate), "r2": finite_or_none(self.r2), "points": self.points,
                 "reason": self.reason}
+
+
+def batch_median(a: np.ndarray, ragged: bool) -> np.ndarray:
+    """The median over the batch axis of a (T, B) array; for sequences of their own lengths (``ragged``, end-
+    aligned) over the values present (NaN: a step the sequence does not have). Otherwise plain ``np.median``,
+    which keeps a NaN from an overflow as NaN."""
+    if not ragged:
+        return np.median(a, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(a, axis=1)
 
 
 def fit_decay(log10_norm: np.ndarray) -> DecayFit:
@@ -99,16 +111,24 @@ class GradientFlow:
     horizon: Horizon
     horizon_per_sequence: np.ndarray = field(repr=False)  # (B,)
     norm_method: str  # how ||.||_2 of the products was computed
+    lengths: np.ndarray | None = field(default=None, repr=False)  # (B,): sequences of their own lengths, whose
+    # per-step arrays are end-aligned (row -1-k is k steps back from each sequence's own last step; NaN before
+    # its first)
+
+    @property
+    def ragged(self) -> bool:
+        return self.lengths is not None
 
     @property
     def grad_norm(self) -> np.ndarray:
-        """Median over the batch of ||dL/dh_t||, (T,)."""
-        return np.median(self.grad_norm_per_sequence, axis=1)
+        """Median over the batch of ||dL/dh_t||, (T,) (over the sequences that have step t, when they differ in
+        length: then t counts back from each sequence's own end)."""
+        return batch_median(self.grad_norm_per_sequence, self.ragged)
 
     @property
     def median_last_step(self) -> np.ndarray:
         """Median over the batch of log10 ||dl/dh_t|| for the last-step loss, (T,)."""
-        return np.median(self.log10_last_step, axis=1)
+        return batch_median(self.log10_last_step, self.ragged)
 
     @property
     def decay_per_step(self) -> float | None:
@@ -116,16 +136,18 @@ class GradientFlow:
 
     def to_dict(self) -> dict:
         g = self.grad_norm_per_sequence
-        with np.errstate(invalid="ignore"):
+        ragged = self.ragged
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN step: null
             return {
                 "layer": self.layer,
                 "grad_norm": list_or_none(self.grad_norm),
-                "grad_norm_mean": list_or_none(g.mean(axis=1)),
-                "grad_norm_min": list_or_none(g.min(axis=1)),
-                "grad_norm_max": list_or_none(g.max(axis=1)),
-                "log10_last_step_grad_norm": list_or_none(np.median(self.log10_last_step, axis=1)),
-                "log10_jacobian_product_norm": list_or_none(np.median(self.log10_jacobian_product_norm, axis=1)),
-                "log10_step_jacobian_norm": list_or_none(np.median(self.log10_step_jacobian_norm, axis=1)),
+                "grad_norm_mean": list_or_none(np.nanmean(g, axis=1) if ragged else g.mean(axis=1)),
+                "grad_norm_min": list_or_none(np.nanmin(g, axis=1) if ragged else g.min(axis=1)),
+                "grad_norm_max": list_or_none(np.nanmax(g, axis=1) if ragged else g.max(axis=1)),
+                "log10_last_step_grad_norm": list_or_none(batch_median(self.log10_last_step, ragged)),
+                "log10_jacobian_product_norm": list_or_none(batch_median(self.log10_jacobian_product_norm, ragged)),
+                "log10_step_jacobian_norm": list_or_none(batch_median(self.log10_step_jacobian_norm, ragged)),
                 "jacobian_sampled_sequences": list(self.jacobian_batch),
                 "jacobian_norm_method": self.norm_method,
                 "decay_per_step": finite_or_none(self.fit.rate),
@@ -134,29 +156,51 @@ class GradientFlow:
                 "jacobian_decay_per_step": finite_or_none(self.jacobian_fit.rate),
                 **self.horizon.to_dict(),
                 "horizon_per_sequence": [int(h) for h in self.horizon_per_sequence],
+                "sequence_lengths": None if self.lengths is None else [int(n) for n in self.lengths],
             }
 
 
 def last_step_chain(lt: LayerTrace, start: np.ndarray) -> np.ndarray:
-    """``log10 ||dl/dh_t||`` (T, B) for ``l = <start, s_{T-1}>`` carried back by VJPs, renormalised each step."""
+    """``log10 ||dl/dh_t||`` (T, B) for ``l = <start, s_last>`` carried back by VJPs, renormalised each step.
+
+    ``s_last`` is each sequence's own last step (T-1, or ``length - 1`` with per-sequence lengths: the chain of
+    a sequence starts there, and its steps past its length are NaN)."""
     T = lt.h.shape[0]
     H = lt.hidden_size
     B = start.shape[0]
+    last = None if lt.lengths is None else lt.lengths - 1
     out = np.empty((T, B))
     g = np.array(start, dtype=np.float64)
     log_scale = np.zeros(B)
     for steps, jac in jacobian_blocks(lt, None, reverse=True):  # all B rows
         for a in range(len(steps) - 1, -1, -1):
             t = int(steps[a])
+            started = None if last is None else t <= last  # (B,): the sequences whose chain has begun
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[t] = (log_scale + np.log(np.linalg.norm(g[:, :H], axis=1))) / math.log(10)
+            if started is not None:
+                out[t, ~started] = np.nan
             if t == 0:
                 break
-            g = jac[a].vjp(g)  # dl/ds_{t-1}
-            f = np.linalg.norm(g, axis=1)
+            g_back = jac[a].vjp(g)  # dl/ds_{t-1}
+            f = np.linalg.norm(g_back, axis=1)
+            if started is not None:  # the others keep their start vector until their own last step
+                f = np.where(started, f, 1.0)
+                g_back[~started] = g[~started]
+            g = g_back
             with np.errstate(divide="ignore"):
                 log_scale += np.log(f)
             g /= np.where(f > 0, f, 1.0)[:, None]
+    return out
+
+
+def end_aligned(a: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A (T, B) per-step array with each sequence moved to end at the last row: (max(lengths), B), NaN before a
+    sequence's first step. Then row -1-k is k steps back from every sequence's own last step."""
+    T_eff = int(lengths.max())
+    k = np.arange(T_eff)[:, None] - (T_eff - lengths[None, :])  # the sequence's own step at each row
+    out = np.take_along_axis(a, np.clip(k, 0, a.shape[0] - 1), axis=0).astype(np.float64)
+    out[k < 0] = np.nan
     return out
 
 

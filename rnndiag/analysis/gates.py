@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..cells import cell_module, is_gated, nonlinearity
-from ..engine import LayerTrace
+from ..engine import LayerTrace, padding_mask
 from ..jsonsafe import finite_or_none, list_or_none
 
 LEFT, RIGHT, TANH_SAT = 0.1, 0.9, 0.9
@@ -95,14 +95,21 @@ def _stat(name: str, values: np.ndarray, kind: str) -> GateStat:
 
 
 def gate_stats(lt: LayerTrace, t_range: slice = slice(None)) -> GateStats:
-    """Gate activation statistics of one layer (over the steps ``t_range``)."""
-    H = lt.hidden_size
+    """Gate activation statistics of one layer (over the steps ``t_range``; only each sequence's own steps when
+    the trace has per-sequence lengths)."""
+    H = lt.cell_size
     h = lt.h[t_range]
+    valid = None
+    if lt.lengths is not None:  # the steps of every sequence, as one (N, 1, .) block: padding is not data
+        valid = ~padding_mask(lt.lengths, lt.h.shape[0])[t_range]
+        h = h[valid][:, None, :]
     # |h| near 1 saturates a bounded (tanh) output; a relu output has no such bound
     hidden_sat = float((np.abs(h) > TANH_SAT).mean()) if nonlinearity(lt.cell) == "tanh" else None
     if not is_gated(lt.cell):
         return GateStats(lt.layer, {}, None, None, None, None, hidden_sat)
     gates = lt.arrays["gates"][t_range]
+    if valid is not None:
+        gates = gates[valid][:, None, :]
     mod = cell_module(lt.cell)
     names = mod.GATE_NAMES
     stats = {name: _stat(name, gates[:, :, k * H : (k + 1) * H], "tanh" if name == mod.CANDIDATE_GATE else "sigmoid")

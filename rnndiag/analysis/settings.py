@@ -84,7 +84,8 @@ def auto_sample(model: RNNModel, T: int, B: int, k: int) -> int:
     per thin product with the tracked subspace), ``LANCZOS_STEPS`` Lanczos steps of one ``J v`` and one ``u^T J``
     (``2 G H^2`` each) for ``||J_t||``, and the Lyapunov frame (k Jacobian-vector products and a QR).
     """
-    G, H, I, L, S = model.gate_count, model.hidden_size, model.input_size, model.num_layers, model.state_size
+    G, H, I, L, S = model.gate_count, model.hidden_size, model.input_size, \
+        model.num_layers * getattr(model, "num_directions", 1), model.state_size
     bptt_flops = 6.0 * T * B * G * H * (H + I) * L
     product = cell_module(model.cell).rmatmul_flops(H)
     per_seq = T * L * (product + TRACKED_COST * S * S + 4.0 * LANCZOS_STEPS * G * H * H + 2.0 * k * G * H * H
@@ -115,20 +116,28 @@ def sample_indices(batch_sample, model: RNNModel, T: int, B: int, k: int, seed) 
     return np.sort(np.random.default_rng(seed).choice(B, n, replace=False))
 
 
-def probe_vectors(B: int, H: int, seed: int | None) -> np.ndarray:
-    """The probe's seeded random unit vectors u (B, H) at the last step."""
-    u = make_rng(seed).standard_normal((B, H))
-    return u / np.linalg.norm(u, axis=1, keepdims=True)
+def probe_vectors(B: int, H: int, seed: int | None, directions: int = 1) -> np.ndarray:
+    """The probe's seeded random unit vectors u (B, D*H) at the last step: one unit vector per direction."""
+    u = make_rng(seed).standard_normal((B, directions * H)).reshape(B, directions, H)
+    u /= np.linalg.norm(u, axis=2, keepdims=True)
+    return u.reshape(B, directions * H)
 
 
-def probe_grad_h(loss: str, T: int, B: int, H: int, seed: int | None, dtype) -> np.ndarray:
-    """The probe loss's gradient: seeded random unit vectors u at the last step (or u_t at every step)."""
-    g = np.zeros((T, B, H), dtype)
+def probe_grad_h(loss: str, T: int, B: int, H: int, seed: int | None, dtype, *, directions: int = 1,
+                 lengths: np.ndarray | None = None) -> np.ndarray:
+    """The probe loss's gradient (T, B, D*H), time order: seeded random unit vectors u at the last step (or u_t
+    at every step). "The last step" is each direction's last: a sequence's own last step for the forward
+    direction, time 0 for the reverse one (where it ends) -- a loss on ``h_n``."""
+    g = np.zeros((T, B, directions * H), dtype)
     if loss == "last":
-        g[-1] = probe_vectors(B, H, seed)
+        u = probe_vectors(B, H, seed, directions)
+        last = np.full(B, T - 1) if lengths is None else lengths - 1
+        g[last, np.arange(B), :H] = u[:, :H]
+        if directions == 2:
+            g[0, :, H:] = u[:, H:]
     else:
         rng = make_rng(seed)
         for t in range(T):  # drawn step by step: the same u_t for any T' >= t
-            u = rng.standard_normal((B, H))
-            g[t] = u / np.linalg.norm(u, axis=1, keepdims=True)
+            u = rng.standard_normal((B, directions, H))
+            g[t] = (u / np.linalg.norm(u, axis=2, keepdims=True)).reshape(B, directions * H)
     return g

@@ -71,6 +71,8 @@ class WeightSpectrum:
     gamma: float | None  # max |phi'|; None for gated cells (no single gamma bounds their Jacobian)
     sure_to_vanish: bool | None  # sigma_max < 1/gamma
     can_explode: bool | None  # sigma_max > 1/gamma
+    direction: int = 0  # 0 forward, 1 reverse
+    proj_size: int = 0  # P > 0: the matrices are the P x P products W_hr W_h(gate)
 
     @property
     def spectral_radius(self) -> float:
@@ -96,6 +98,8 @@ class WeightSpectrum:
             )
         return {
             "layer": self.layer,
+            "direction": "reverse" if self.direction else "forward",
+            "proj_size": self.proj_size,
             "matrix": self.recurrent.name,
             **{k: v for k, v in self.recurrent.to_dict().items() if k != "name"},
             "pascanu": pascanu,
@@ -104,7 +108,11 @@ class WeightSpectrum:
 
 
 def weight_spectra(model: RNNModel) -> list[WeightSpectrum]:
-    """Spectra of every layer's recurrent weights.
+    """Spectra of every layer's (and direction's) recurrent weights, in PyTorch's order of layers and directions.
+
+    With ``proj_size`` P the step from ``h_{t-1}`` back to ``h_t`` goes through ``W_hr`` (P, H) after each gate
+    block ``W_h(gate)`` (H, P), so the spectra are those of the P x P products ``W_hr W_h(gate)`` (the same nonzero
+    eigenvalues as ``W_h(gate) W_hr``), named so in ``matrix``.
 
     >>> from rnndiag import init_model
     >>> s = weight_spectra(init_model("rnn_tanh", 1, 32, init="orthogonal", gain=0.5, seed=0))[0]
@@ -116,15 +124,22 @@ def weight_spectra(model: RNNModel) -> list[WeightSpectrum]:
     mod = cell_module(model.cell)
     gamma = mod.GAMMA  # max |phi'| of the nonlinearity that multiplies W_hh in the step Jacobian, if one bounds it
     for layer in range(model.num_layers):
-        w_hh = model.params[f"weight_hh_l{layer}"]
-        if is_gated(model.cell):  # every gate block, the candidate's first
-            blocks = {name: MatrixSpectrum.of(f"W_h{name}", w_hh[k * H : (k + 1) * H])
-                      for k, name in enumerate(mod.GATE_NAMES)}
-            main = blocks[mod.CANDIDATE_GATE]
-        else:  # one block: W_hh itself
-            main, blocks = MatrixSpectrum.of("W_hh", w_hh), {}
-        vanish = explode = None
-        if gamma is not None:
-            vanish, explode = main.sigma_max < 1.0 / gamma, main.sigma_max > 1.0 / gamma
-        out.append(WeightSpectrum(layer, model.cell, main, blocks, gamma, vanish, explode))
+        for direction in range(model.num_directions):
+            w_hh = model.layer_params(layer, direction)[1]
+            w_hr = model.projection(layer, direction)
+            if is_gated(model.cell):  # every gate block, the candidate's first
+                if w_hr is None:
+                    blocks = {name: MatrixSpectrum.of(f"W_h{name}", w_hh[k * H : (k + 1) * H])
+                              for k, name in enumerate(mod.GATE_NAMES)}
+                else:
+                    blocks = {name: MatrixSpectrum.of(f"W_hr W_h{name}", w_hr @ w_hh[k * H : (k + 1) * H])
+                              for k, name in enumerate(mod.GATE_NAMES)}
+                main = blocks[mod.CANDIDATE_GATE]
+            else:  # one block: W_hh itself
+                main, blocks = MatrixSpectrum.of("W_hh", w_hh), {}
+            vanish = explode = None
+            if gamma is not None:
+                vanish, explode = main.sigma_max < 1.0 / gamma, main.sigma_max > 1.0 / gamma
+            out.append(WeightSpectrum(layer, model.cell, main, blocks, gamma, vanish, explode, direction,
+                                      model.proj_size))
     return out

@@ -103,7 +103,7 @@ def advice(diag_layers, cell: str, seq_len: int, verdict: str, suggested_clip: f
     gated = is_gated(cell)
     for ld in diag_layers:
         sp, fl, gs = ld.spectrum, ld.flow, ld.gates
-        tag = f"layer {ld.layer}: " if len(diag_layers) > 1 else ""
+        tag = f"{ld.name}: " if len(diag_layers) > 1 else ""
         top = ld.lyapunov.top
         if ld.verdict == "vanishing":
             hz = fl.horizon

@@ -158,11 +158,10 @@ def backward(arrays, h0, c0, w_hh, grad_h, *, grad_c=None, w_hr=None) -> dict[st
     T, B, P = h.shape
     H = c.shape[2]
     dtype = h.dtype
-    if w_hr is None:
-        total_h, total_c = np.empty((2, T, B, H), dtype)  # one allocation, as in forward
-    else:
-        total_h, total_c = np.empty((T, B, P), dtype), np.empty((T, B, H), dtype)
-        dm = np.empty((B, H), dtype)
+    # one allocation when h and c have one size, as in forward
+    total_h, total_c = np.empty((2, T, B, H), dtype) if w_hr is None else (np.empty((T, B, P), dtype),
+                                                                          np.empty((T, B, H), dtype))
+    dm = np.empty((B, H), dtype)  # W_hr^T dh, with a projection
     total_h[...] = grad_h  # -> dL/dh_t; step t adds W_hh^T da_t into row t-1
     if grad_c is None:
         total_c[T - 1] = 0.0  # -> dL/dc_t; step t writes f_t dc_t into row t-1
@@ -217,11 +216,17 @@ def backward(arrays, h0, c0, w_hh, grad_h, *, grad_c=None, w_hr=None) -> dict[st
             np.multiply(dc, f[t], out=grad_c0)
             np.matmul(da, w_hh, out=grad_h0)
     out = {"grad_h": total_h, "grad_c": total_c, "d_pre": d_pre, "grad_h0": grad_h0, "grad_c0": grad_c0}
-    if w_hr is not None:  # dW_hr = sum_t dh_t m_t^T, m_t = o_t tanh(c_t) recomputed: one product over all steps
-        m_all = np.tanh(c)
-        m_all *= o
-        out["grad_w_hr"] = total_h.reshape(T * B, P).T @ m_all.reshape(T * B, H)
+    if w_hr is not None:
+        out["grad_w_hr"] = _projection_grad(total_h, c, o)
     return out
+
+
+def _projection_grad(total_h, c, o) -> np.ndarray:
+    """``dL/dW_hr = sum_t dh_t m_t^T`` with ``m_t = o_t tanh(c_t)`` recomputed: one product over all steps."""
+    T, B, P = total_h.shape
+    m_all = np.tanh(c)
+    m_all *= o
+    return total_h.reshape(T * B, P).T @ m_all.reshape(T * B, -1)
 
 
 def recurrent_grad(arrays, d_pre) -> np.ndarray:
@@ -387,8 +392,8 @@ def matmul(factors, w_hh, x, out=None, formed=None, *, w_hr=None) -> np.ndarray:
         out[..., P:, :] = inner[..., H:, :]
         return out
     if out is None:  # column-major matrices, as a QR of the frame takes them
-        shape = np.broadcast_shapes(x.shape, (*formed.shape[:-2], 2 * H, x.shape[-1]))
-        out = np.swapaxes(np.empty((*shape[:-2], shape[-1], shape[-2]), np.result_type(x, formed)), -1, -2)
+        lead = np.broadcast_shapes(x.shape[:-2], formed.shape[:-2])
+        out = np.swapaxes(np.empty((*lead, x.shape[-1], 2 * H), np.result_type(x, formed)), -1, -2)
     np.matmul(np.swapaxes(x[..., :P, :], -1, -2), np.swapaxes(formed, -1, -2), out=np.swapaxes(out, -1, -2))
     x_c = x[..., P:, :]
     f = factors[5][..., :, None]

@@ -30,6 +30,8 @@ class DataRequest:
     """What the model runs on: an input file, or a task's batch (and its loss, where ``loss`` allows)."""
 
     input_path: Path | None
+    batch_first: bool  # the input file is (B, T, I)
+    lengths_path: Path | None  # per-sequence lengths (B,) of the input file's batch
     task: str | None  # the task asked for; None: the demo's (noise where the model's input size does not fit)
     seq_len: int
     batch_size: int
@@ -50,10 +52,11 @@ class AnalyzeRequest:
 class Inputs:
     """The batch the analysis runs on, and how to say and reproduce where it came from."""
 
-    x: np.ndarray
+    x: np.ndarray  # (T, B, I), time-major
     problem: Problem | None  # None: an input file (the probe loss)
     label: str
     command_args: tuple[str, ...]
+    lengths: np.ndarray | None = None  # (B,) per-sequence lengths of an input file's batch
 
 
 def analyze_request(opts: dict) -> AnalyzeRequest:
@@ -64,7 +67,11 @@ def analyze_request(opts: dict) -> AnalyzeRequest:
                                       init=DEMO_INIT if demo else DEFAULT_INIT)
     if opts["input_path"] is not None and opts["task"] is not None:
         raise InputError("--input and --task both give inputs; pass one of them")
-    data = DataRequest(opts["input_path"], opts["task"], opts["seq_len"], opts["batch_size"], opts["loss"])
+    if opts["input_path"] is None and (opts["batch_first"] or opts["lengths_path"] is not None):
+        raise InputError(f"{'--batch-first' if opts['batch_first'] else '--lengths'} describes an --input file; "
+                         "pass --input FILE.npy with it")
+    data = DataRequest(opts["input_path"], opts["batch_first"], opts["lengths_path"], opts["task"], opts["seq_len"],
+                       opts["batch_size"], opts["loss"])
     return AnalyzeRequest(model, data, opts["horizon_factor"], output_request(opts))
 
 
@@ -77,7 +84,7 @@ def build_model(request: AnalyzeRequest) -> tuple[RNNModel, np.ndarray | None]:
     if req.weights is not None:
         return req.build(), None
     if data.input_path is not None:  # a fresh model sized by the input file: read it once, keep it
-        x = load_input(data.input_path, req.dtype or np.float64)
+        x = _time_major(load_input(data.input_path, req.dtype or np.float64), data.batch_first)
         _check_fresh(req, req.input_size or x.shape[2], x.shape[0], x.shape[1], None, data.loss)
         return req.build(x.shape[2]), x
     task = data.task or DEMO_TASK
@@ -111,26 +118,65 @@ def build_inputs(data: DataRequest, model: RNNModel, seed: int, file_x: np.ndarr
     from ..tasks import task_problem
 
     if data.input_path is not None:
-        x = load_input(data.input_path, model.dtype) if file_x is None else file_x.astype(model.dtype, copy=False)
+        x = _time_major(load_input(data.input_path, model.dtype), data.batch_first) if file_x is None else \
+            file_x.astype(model.dtype, copy=False)
+        layout = "(B, T, I) with --batch-first" if data.batch_first else "(T, B, I)"
         if x.shape[2] != model.input_size:
-            raise InputError(f"input file {str(data.input_path)!r} has {x.shape[2]} input channels (shape "
-                             f"{x.shape}); the model takes {model.input_size}")
-        _check_analysis_memory(model.cell, model.input_size, model.hidden_size, model.num_layers, model.dtype,
+            raise InputError(f"input file {str(data.input_path)!r} has {x.shape[2]} input channels (read as "
+                             f"{layout}: T = {x.shape[0]}, B = {x.shape[1]}); the model takes {model.input_size}")
+        lengths = None
+        if data.lengths_path is not None:
+            lengths = load_lengths(data.lengths_path, x.shape[0], x.shape[1])
+        _check_analysis_memory(model.cell, model.input_size, model.hidden_size, _layer_traces(model), model.dtype,
                                x.shape[0], x.shape[1], None, data.loss)
-        return Inputs(x, None, f"{data.input_path} (shape {x.shape})", ("--input", str(data.input_path)))
+        label = f"{data.input_path} (T = {x.shape[0]}, B = {x.shape[1]}, I = {x.shape[2]}, read as {layout})"
+        args = ("--input", str(data.input_path), *(["--batch-first"] if data.batch_first else []))
+        if lengths is not None:
+            label += f", lengths {int(lengths.min())}..{int(lengths.max())} from {data.lengths_path}"
+            args += ("--lengths", str(data.lengths_path))
+        return Inputs(x, None, label, args, lengths)
     task = data.task or DEMO_TASK
     if task != "noise" and task_input_size(task) != model.input_size:
         if data.task is not None:
             raise InputError(f"task {task} feeds {task_input_size(task)} input channels but the model takes "
                              f"{model.input_size}; use --task noise or --input FILE.npy")
         task = "noise"
-    _check_analysis_memory(model.cell, model.input_size, model.hidden_size, model.num_layers, model.dtype,
+    _check_analysis_memory(model.cell, model.input_size, model.hidden_size, _layer_traces(model), model.dtype,
                            data.seq_len, data.batch_size, task, data.loss)
-    problem = task_problem(task, data.seq_len, data.batch_size, seed, model.hidden_size,
+    problem = task_problem(task, data.seq_len, data.batch_size, seed, model.num_directions * model.output_size,
                            input_size=model.input_size, dtype=model.dtype)
     T, B, _ = problem.x.shape
     return Inputs(problem.x, problem, f"task {task}, T = {T}, B = {B}, seed {seed}",
                   ("--task", task, "--seq-len", str(data.seq_len), "--batch-size", str(data.batch_size)))
+
+
+def _layer_traces(model: RNNModel) -> int:
+    """What the memory estimate counts as layers: one per layer and direction."""
+    return model.num_layers * model.num_directions
+
+
+def _time_major(x: np.ndarray, batch_first: bool) -> np.ndarray:
+    return np.ascontiguousarray(x.swapaxes(0, 1)) if batch_first else x
+
+
+def load_lengths(path: Path, seq_len: int, batch_size: int) -> np.ndarray:
+    """Per-sequence lengths (B,) from a ``.npy`` file: integers in 1..T, one per sequence of the input batch."""
+    from ..engine import check_lengths
+    from ..npyfile import ArrayFileError, read_npy
+
+    what = f"lengths file {str(path)!r}"
+
+    def check(header) -> None:
+        if header.dtype.kind not in "iu" or header.shape != (batch_size,):
+            raise ArrayFileError(f"{what} holds {header.dtype} of shape {header.shape}; it must hold {batch_size} "
+                                 "integers, one length per sequence of the --input batch")
+
+    lengths = read_npy(path, what, check=check)
+    try:
+        checked = check_lengths(lengths, seq_len, batch_size)
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    return checked if checked is not None else np.full(batch_size, seq_len)
 
 
 def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
@@ -143,7 +189,7 @@ def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
         return diagnose_problem(model, inputs.problem, seed, steps=steps, horizon_factor=request.horizon_factor)
     loss = AnalysedLoss.probe(steps or "last", "seeded random unit vectors")
     diag = run_analysis(model, inputs.x, loss=loss.steps, seed=seed, horizon_factor=request.horizon_factor,
-                        loss_label=loss.label)
+                        loss_label=loss.label, lengths=inputs.lengths)
     return diag, loss
 
 
@@ -162,6 +208,11 @@ def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
               help="Seed of the weights, the task data and the probe.")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
               help="Inputs as a .npy array of shape (T, B, I) instead of a task.")
+@click.option("--batch-first", is_flag=True, default=False,
+              help="The --input file is (B, T, I), as for nn.RNN(batch_first=True).")
+@click.option("--lengths", "lengths_path", type=click.Path(path_type=Path), default=None,
+              help="Per-sequence lengths of the --input batch: a .npy of B integers in 1..T (a padded batch, as "
+                   "pack_padded_sequence reads it); each sequence's flow is measured over its own steps.")
 @click.option("--task", type=click.Choice(TASKS, case_sensitive=False), default=None,
               help=f"Generated inputs (and their loss on a seeded readout). [default: {DEMO_TASK}; noise if the "
                    "model's input size does not fit the task]")
@@ -186,6 +237,7 @@ def analyze_cmd(**opts):
       rnndiag analyze
       rnndiag analyze --weights model.npz --task noise --seq-len 500
       rnndiag analyze --weights lstm.pt --prefix encoder.rnn --input batch.npy
+      rnndiag analyze --weights ckpt.pt --input x.npy --batch-first --lengths lengths.npy
       rnndiag analyze --cell rnn_tanh --init orthogonal --gain 2 --task adding --out reports/orth2
       rnndiag analyze --cell lstm --forget-bias 1 --json - --format none
     """
@@ -219,7 +271,10 @@ def analyze_cmd(**opts):
     config = {"model_label": model_label, "command": command, "rows": [
         ("model", model_label), ("cell", diag.cell), ("input size", diag.input_size),
         ("hidden size", diag.hidden_size), ("layers", diag.num_layers), ("init", diag.init),
-        ("seed", request.model.seed), ("input", inputs.label), ("loss", loss.detail), ("dtype", diag.dtype),
+        ("seed", request.model.seed), ("input", inputs.label), ("loss", loss.detail),
+        ("dtype", diag.dtype if not diag.source_dtype else f"{diag.dtype} (weights stored as {diag.source_dtype})"),
+        ("directions", "2 (bidirectional)" if diag.bidirectional else "1"),
+        *([("proj_size", diag.proj_size)] if diag.proj_size else []), ("dropout", diag.dropout),
         ("horizon factor", request.horizon_factor)]}
     report = Report(metrics, lambda: all_figures(diag),
                     lambda pngs, failed: render_html(diag, metrics, pngs, config, figure_errors=failed))

@@ -18,6 +18,7 @@ from .output import (
     comparison_report,
     emit,
     library_errors,
+    one_way_only,
     output_options,
     output_request,
     print_report_path,
@@ -156,7 +157,7 @@ def clip_cmd(**opts):
             check_memory(estimate_clip(request.model.cell, None, request.model.hidden_size, request.model.num_layers,
                                        training.seq_len, training.batch_size, request.model.dtype or "float64",
                                        task=training.task, steps=request.steps, strategies=len(request.strategies)))
-        model = request.model.build_for_task(training.task)
+        model = one_way_only(request.model.build_for_task(training.task), "clip")
         check_memory(estimate_clip(model.cell, model.input_size, model.hidden_size, model.num_layers, training.seq_len,
                                    training.batch_size, model.dtype, task=training.task, steps=request.steps,
                                    strategies=len(request.strategies)))

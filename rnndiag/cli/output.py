@@ -251,3 +251,12 @@ def progress_printer(console: Console) -> Callable[[str], None]:
         console.print(Text(f"  {message}", style="dim"))
 
     return show
+
+def one_way_only(model, command: str):
+    """``train`` and ``clip`` train one-way models without a projection (their readouts, checkpoints and histories
+    assume one output of H units per step); a bidirectional or projected model is refused in one line."""
+    if model.bidirectional or model.proj_size:
+        what = "bidirectional" if model.bidirectional else f"proj_size {model.proj_size}"
+        raise InputError(f"rnndiag {command} trains one-way models without proj_size; this one is {what}: diagnose "
+                         "it with rnndiag analyze --weights (every architecture), or train it in PyTorch")
+    return model

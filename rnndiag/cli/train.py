@@ -18,6 +18,7 @@ from .output import (
     comparison_report,
     emit,
     library_errors,
+    one_way_only,
     output_options,
     output_request,
     print_report_path,
@@ -141,7 +142,7 @@ def train_cmd(**opts):
                                         request.model.num_layers, training.seq_len, training.batch_size,
                                         request.model.dtype or "float64", task=training.task, steps=request.steps,
                                         diag_points=request.diag_points))
-        model = request.model.build_for_task(training.task)
+        model = one_way_only(request.model.build_for_task(training.task), "train")
         check_memory(estimate_train(model.cell, model.input_size, model.hidden_size, model.num_layers,
                                     training.seq_len, training.batch_size, model.dtype, task=training.task,
                                     steps=request.steps, diag_points=request.diag_points))
@@ -207,3 +208,4 @@ def _interrupted(exc, *, explicit: bool) -> str:
     how = "the same command and --resume" if explicit else f"--checkpoint {str(exc.checkpoint)!r} --resume"
     return (f"interrupted at iteration {exc.iteration}; checkpoint {str(exc.checkpoint)!r} holds {exc.saved} "
             f"iterations: continue with {how}")
+

@@ -198,10 +198,10 @@ def jacobian_product_figure(diag) -> Figure:
             product = np.median(fl.log10_jacobian_product_norm, axis=1)
             last_step = fl.median_last_step - fl.median_last_step[-1]
         tt, y = thin(t, tally(product))
-        plot_curve(ax, tt, y, color=COLORS[ld.layer % 6], lw=1.5, label=f"layer {ld.layer}: ||d s_T-1 / d s_t||_2")
+        plot_curve(ax, tt, y, color=COLORS[_color_index(ld) % 6], lw=1.5, label=f"{ld.name}: ||d s_T-1 / d s_t||_2")
         tt, y = thin(t, tally(last_step))
-        plot_curve(ax, tt, y, color=COLORS[ld.layer % 6], lw=1, ls="--",
-                   label=f"layer {ld.layer}: last-step gradient (rel.)")
+        plot_curve(ax, tt, y, color=COLORS[_color_index(ld) % 6], lw=1, ls="--",
+                   label=f"{ld.name}: last-step gradient (rel.)")
     fl = diag.gradient_flow
     ax.axhline(np.log10(fl.horizon.factor), color="grey", lw=0.8, ls=":", label=f"horizon factor {fl.horizon.factor:g}")
     tally.note(ax)
@@ -218,7 +218,7 @@ def step_jacobian_figure(diag) -> Figure:
         with np.errstate(all="ignore"):
             norm = 10.0 ** np.median(ld.flow.log10_step_jacobian_norm, axis=1)  # overflows to inf: not drawn
         tt, yy = thin(np.arange(norm.size), tally(norm))
-        plot_curve(ax, tt, yy, color=COLORS[ld.layer % 6], lw=1.2, label=f"layer {ld.layer}")
+        plot_curve(ax, tt, yy, color=COLORS[_color_index(ld) % 6], lw=1.2, label=ld.name)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     tally.note(ax)
     finish_axes(ax, xlabel="timestep t", ylabel="||J_t||_2", title="Per-step Jacobian spectral norm", legend=8)
@@ -242,7 +242,7 @@ def eigenvalue_figure(diag) -> Figure:
         ax.scatter(re[shown], im[shown], s=8, color=COLORS[i % 6])
         note_omitted(ax, int(ev.size - shown.sum()), ev.size)
         ax.set_aspect("equal")
-        ax.set_title(f"layer {ld.layer}: eig({sp.name}), radius {sp.spectral_radius:.3g}", fontsize=9)
+        ax.set_title(f"{ld.name}: eig({sp.name}), radius {sp.spectral_radius:.3g}", fontsize=9)
         ax.grid(alpha=0.3)
     return fig
 
@@ -254,7 +254,7 @@ def singular_value_figure(diag) -> Figure:
         mats = {ld.spectrum.recurrent.name: ld.spectrum.recurrent, **{m.name: m for m in ld.spectrum.blocks.values()}}
         for j, (name, sp) in enumerate(mats.items()):
             plot_curve(ax, np.arange(1, sp.singular_values.size + 1), tally(sp.singular_values, positive=True), lw=1.2,
-                    color=COLORS[(ld.layer + j) % 6], ls="-" if j == 0 else "--", label=f"layer {ld.layer} {name}")
+                    color=COLORS[(_color_index(ld) + j) % 6], ls="-" if j == 0 else "--", label=f"{ld.name} {name}")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     tally.note(ax)
     finish_axes(ax, log_y=tally.log_range(1.0), xlabel="index", ylabel="singular value",
@@ -272,8 +272,8 @@ def lyapunov_figure(diag) -> Figure:
         spread, _ = drawable(ly.spread)  # an error bar that cannot be drawn is left off; its point stays
         with np.errstate(invalid="ignore"):
             spread[~(np.abs(ex) + spread <= DRAW_LIMIT) | (spread < 0)] = np.nan
-        ax.errorbar(i, ex, yerr=spread, fmt="o-", ms=3, lw=1, color=COLORS[ld.layer % 6],
-                    label=f"layer {ld.layer} (mean ± sd over {len(ly.batch)} seq.)")
+        ax.errorbar(i, ex, yerr=spread, fmt="o-", ms=3, lw=1, color=COLORS[_color_index(ld) % 6],
+                    label=f"{ld.name} (mean ± sd over {len(ly.batch)} seq.)")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
     tally.note(ax)
     finish_axes(ax, xlabel="exponent index", ylabel="nats per step", title="Lyapunov spectrum", legend=8)
@@ -302,7 +302,8 @@ def gates_figure(diag) -> Figure | None:
             ax.axvspan(hi, e[-1], color="grey", alpha=0.15)
             tally.note(ax)
             low, high = 100 * st.left_saturated, 100 * st.right_saturated
-            ax.set_title(f"L{ld.layer} {name}: {low:.0f}% low, {high:.0f}% high", fontsize=8)
+            tag = f"L{ld.layer}{'r' if ld.direction else ''}"
+            ax.set_title(f"{tag} {name}: {low:.0f}% low, {high:.0f}% high", fontsize=8)
             ax.tick_params(labelsize=7)
     return fig
 
@@ -353,3 +354,8 @@ def draw_figures(builders: dict[str, FigureBuilder]) -> tuple[dict[str, bytes], 
         except Exception as exc:  # one figure's failure must not cost the report or the other figures
             failures[name] = f"{type(exc).__name__}: {one_line(exc)}"
     return pngs, failures
+
+
+def _color_index(ld) -> int:
+    """One color per layer trace: layer k's directions get 2k and 2k+1."""
+    return 2 * ld.layer + ld.direction if getattr(ld, "direction", 0) or ld.layer else 0

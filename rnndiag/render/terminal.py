@@ -128,7 +128,7 @@ def summary(console: Console, diag, report_path: str | None = None) -> None:
 
     for ld in diag.layers:
         hz = ld.flow.horizon
-        put("layer", ld.layer)
+        put("layer", ld.name)
         put("verdict", ld.verdict, VERDICT_STYLE.get(ld.verdict, ""))
         put("spectral radius", fmt_num(ld.spectrum.spectral_radius))
         put("sigma_max", fmt_num(ld.spectrum.sigma_max))
@@ -140,8 +140,7 @@ def summary(console: Console, diag, report_path: str | None = None) -> None:
             put("gate saturation", ", ".join(f"{k} {100 * v:.0f}%" for k, v in sat.items()))
             put("memory (steps)", fmt_num(ld.gates.memory_timescale))
     columns = [Column(h, tuple(c), justify="left" if h == "verdict" else "right") for h, c in cells.items()]
-    title = Text(f"{diag.cell}, hidden {diag.hidden_size}, {diag.num_layers} layer(s), T = {diag.seq_len}, "
-                 f"B = {diag.batch_size}")
+    title = Text(f"{diag.architecture}, T = {diag.seq_len}, B = {diag.batch_size}")
     print_columns(console, title, columns, SUMMARY_DROP_ORDER)
     for title_word, items, style in (("advice", diag.advice, "bold"), ("caveats", diag.caveats, "yellow"),
                                      ("notes", diag.notes, "dim")):
