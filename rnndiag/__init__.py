@@ -12,7 +12,7 @@ from .analysis import Diagnosis, analyze
 from .engine import LayerTrace, Trace, backward, bptt, forward
 from .init import SCHEMES, init_model
 from .model import RNNModel
-from .weights import load_weights, model_from_state_dict, save_weights
+from .weights import find_recurrent_modules, load_weights, model_from_state_dict, save_weights
 
 __all__ = [
     "SCHEMES",
@@ -24,6 +24,7 @@ __all__ = [
     "analyze",
     "backward",
     "bptt",
+    "find_recurrent_modules",
     "forward",
     "init_model",
     "load_weights",

@@ -33,7 +33,10 @@ def load_input(path, dtype=np.float64) -> np.ndarray:
 
     def check(header: NpyHeader) -> None:  # before any data is read
         shape = header.shape
-        if header.dtype.kind not in "biuf":
+        if header.dtype.kind in "iu":
+            raise InputFileError(f"{what} holds integers (dtype {header.dtype}): these look like token ids: pass "
+                                 "the embedded inputs (the recurrent module's input), or record a capture")
+        if header.dtype.kind not in "bf":
             raise InputFileError(f"{what} has dtype {header.dtype}; it must hold numbers of shape (T, B, I)")
         if len(shape) == 2:
             raise InputFileError(f"{what} has shape {shape}; it must be (T, B, I) -- for one sequence use "

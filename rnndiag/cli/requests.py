@@ -51,13 +51,16 @@ def init_option(default: str | None, help: str):
 
 
 def weights_options(fn):
-    """``--weights`` and ``--prefix``: start from a trained model instead of a fresh one."""
+    """``--weights``, ``--module`` and ``--prefix``: start from a trained model instead of a fresh one."""
     return _decorate(fn, [
         click.option("--weights", type=click.Path(path_type=Path), default=None,
-                     help="Weights file to use instead of a fresh model: .npz with PyTorch key names, or .pt/.pth "
-                          "(needs torch)."),
-        click.option("--prefix", default=None, help="Key prefix of the RNN inside a whole model's state_dict "
-                     "(e.g. encoder.rnn)."),
+                     help="Weights file to use instead of a fresh model: .npz with PyTorch key names, or a "
+                          ".pt/.pth/.ckpt state_dict or training checkpoint (needs torch)."),
+        click.option("--module", default=None, metavar="NAME",
+                     help="The recurrent module to analyse when the weights hold several, by its name as the error "
+                          "lists it or a unique ending (e.g. --module encoder.rnn, or --module rnn)."),
+        click.option("--prefix", default=None, help="Exact key prefix of the recurrent module inside a whole "
+                     "model's state_dict (e.g. model.encoder.rnn)."),
     ])
 
 
@@ -96,6 +99,7 @@ class ModelRequest:
 
     weights: Path | None
     prefix: str | None
+    module: str | None  # the recurrent module's name in a file that holds several
     cell: str | None  # with weights: None = from the file
     input_size: int | None  # fresh: None = what the data feeds
     hidden_size: int
@@ -111,10 +115,13 @@ class ModelRequest:
                      hidden_size: int = TRAINING_HIDDEN, init: str = TRAINING_INIT) -> ModelRequest:
         """From a command's options (``given``: those typed); the keyword arguments are the command's defaults
         where it has no such option or leaves it unset. Refuses fresh-model options next to ``--weights``, and
-        ``--prefix`` without it."""
+        ``--module``/``--prefix`` without it (or both at once)."""
         weights = opts.get("weights")
-        if weights is None and opts.get("prefix"):
-            raise InputError("--prefix applies to --weights only")
+        for name in ("module", "prefix"):
+            if weights is None and opts.get(name) is not None:
+                raise InputError(f"--{name} applies to --weights only")
+        if opts.get("module") is not None and opts.get("prefix") is not None:
+            raise InputError("--module and --prefix both choose the recurrent module; pass one of them")
         if weights is not None:
             for name in FRESH_MODEL_OPTIONS:
                 if name in given:
@@ -123,9 +130,9 @@ class ModelRequest:
             cell = opts["cell"] if "cell" in given else None  # the file's, unless --cell says (rnn_relu)
         else:
             cell = opts.get("cell") or default_cell
-        return cls(weights, opts.get("prefix"), cell, opts.get("input_size"), opts.get("hidden_size") or hidden_size,
-                   opts.get("num_layers") or 1, opts.get("init_name") or init, opts.get("gain"),
-                   opts.get("forget_bias"), opts["seed"], opts.get("dtype"))
+        return cls(weights, opts.get("prefix"), opts.get("module"), cell, opts.get("input_size"),
+                   opts.get("hidden_size") or hidden_size, opts.get("num_layers") or 1, opts.get("init_name") or init,
+                   opts.get("gain"), opts.get("forget_bias"), opts["seed"], opts.get("dtype"))
 
     def build(self, input_size: int | None = None) -> RNNModel:
         """Load or initialise the model (``input_size``: what the data feeds, where ``--input-size`` is unset).
@@ -133,7 +140,7 @@ class ModelRequest:
         from .. import init_model, load_weights
 
         if self.weights is not None:
-            return load_weights(self.weights, self.cell, dtype=self.dtype, prefix=self.prefix)
+            return load_weights(self.weights, self.cell, dtype=self.dtype, prefix=self.prefix, module=self.module)
         return init_model(self.cell, self.input_size or input_size, self.hidden_size, num_layers=self.num_layers,
                           init=self.init, seed=self.seed, dtype=self.dtype or np.float64, gain=self.gain,
                           forget_bias=self.forget_bias)
@@ -153,6 +160,7 @@ class ModelRequest:
         """The options that make this model again."""
         if self.weights is not None:
             return ["--weights", str(self.weights), *(["--prefix", self.prefix] if self.prefix else []),
+                    *(["--module", self.module] if self.module is not None else []),
                     *(["--cell", model.cell] if self.cell else [])]
         return ["--cell", model.cell, "--init", self.init, "--input-size", str(model.input_size), "--hidden-size",
                 str(model.hidden_size), "--num-layers", str(model.num_layers), "--seed", str(self.seed),
