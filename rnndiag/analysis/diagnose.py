@@ -410,13 +410,14 @@ def _assemble(model, x, grad_h, state0, trace, settings, measured, nonfinite, lo
 
 def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
     """Global gradient norm of the same loss over only its last few steps (no long-range explosion in it)."""
-    if model.bidirectional or trace.lengths is not None or trace.dropout_masks is not None:
+    if model.bidirectional or trace.lengths is not None:
         return None  # a truncated window is not defined for a reverse direction or sequences of several lengths
     T = x.shape[0]
     w = min(T, THRESHOLDS["clip_window"])
     s0 = state0 if w == T else trace.state0_after(T - w - 1)
+    masks = None if trace.dropout_masks is None else [m[T - w :] for m in trace.dropout_masks]
     with np.errstate(all="ignore"):
-        tr = bptt(model, x[T - w :], grad_h[T - w :], s0)
+        tr = bptt(model, x[T - w :], grad_h[T - w :], s0, dropout_masks=masks)
     norm = global_norm(tr.param_grads)
     return norm if math.isfinite(norm) and norm > 0 else None
 
