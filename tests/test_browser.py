@@ -263,3 +263,34 @@ def test_a_figure_that_could_not_be_drawn_is_a_note_in_the_grid(browser, report_
     assert_two_columns(wide)
     assert_captions(wide)
     assert_one_column(_layout(browser, page, PHONE))
+
+
+@pytest.fixture(scope="module")
+def bidirectional_report(tmp_path_factory) -> Path:
+    """report.html of a 2-layer bidirectional LSTM with proj_size, on a batch-first padded batch of its own."""
+    import numpy as np
+
+    from rnndiag.model import param_shapes
+
+    base = tmp_path_factory.mktemp("browser-bi")
+    rng = np.random.default_rng(0)
+    shapes = param_shapes("lstm", 3, 8, 2, True, bidirectional=True, proj_size=4)
+    np.savez(base / "bi.npz", **{k: rng.uniform(-0.35, 0.35, s) for k, s in shapes.items()})
+    np.save(base / "x.npy", rng.standard_normal((4, 30, 3)))  # (B, T, I)
+    np.save(base / "lengths.npy", np.array([30, 12, 25, 5]))
+    res = invoke(["analyze", "--weights", base / "bi.npz", "--input", base / "x.npy", "--batch-first", "--lengths",
+                  base / "lengths.npy", "--out", base / "out", "--format", "html", "--quiet"])
+    assert_clean_exit(res, "bidirectional")
+    return base / "out" / "report.html"
+
+
+def test_bidirectional_projected_padded_report_renders(browser, bidirectional_report, tmp_path):
+    seen = _load(browser, bidirectional_report, tmp_path / "bi.png")
+    assert len(seen["images"]) == 7, seen["images"]
+    for img in seen["images"]:
+        assert img["complete"] and img["w"] > 0 and img["h"] > 0, img
+    assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["outside"] == []
+    text = bidirectional_report.read_text()
+    for expected in ("layer 0 reverse", "layer 1 reverse", "W_hr W_hg", "proj_size", "sequences of 5 to 30 steps",
+                     "read as (B, T, I) with --batch-first"):
+        assert expected in text, expected

@@ -236,7 +236,7 @@ def analyze_cmd(**opts):
     Examples:
       rnndiag analyze
       rnndiag analyze --weights model.npz --task noise --seq-len 500
-      rnndiag analyze --weights lstm.pt --prefix encoder.rnn --input batch.npy
+      rnndiag analyze --weights ckpt.pt --module encoder.rnn --input batch.npy
       rnndiag analyze --weights ckpt.pt --input x.npy --batch-first --lengths lengths.npy
       rnndiag analyze --cell rnn_tanh --init orthogonal --gain 2 --task adding --out reports/orth2
       rnndiag analyze --cell lstm --forget-bias 1 --json - --format none
