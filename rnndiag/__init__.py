@@ -9,6 +9,7 @@ True
 
 from ._version import __version__
 from .analysis import Diagnosis, analyze
+from .capture import Capture, analyze_capture, load_capture
 from .engine import LayerTrace, Trace, backward, bptt, forward
 from .init import SCHEMES, init_model
 from .model import RNNModel
@@ -16,17 +17,20 @@ from .weights import find_recurrent_modules, load_weights, model_from_state_dict
 
 __all__ = [
     "SCHEMES",
+    "Capture",
     "Diagnosis",
     "LayerTrace",
     "RNNModel",
     "Trace",
     "__version__",
     "analyze",
+    "analyze_capture",
     "backward",
     "bptt",
     "find_recurrent_modules",
     "forward",
     "init_model",
+    "load_capture",
     "load_weights",
     "model_from_state_dict",
     "save_weights",

@@ -29,7 +29,8 @@ LEARNED_FRACTION = 0.5  # final test loss below this fraction of the baseline: t
 
 
 def diagnose_problem(model: RNNModel, problem: Problem, seed: int, *, steps: str | None = None,
-                     horizon_factor: float = HORIZON_FACTOR) -> tuple[Diagnosis, AnalysedLoss]:
+                     horizon_factor: float = HORIZON_FACTOR, stage: str | None = None,
+                     dependency_length: int | None = None) -> tuple[Diagnosis, AnalysedLoss]:
     """``analyze`` of ``model`` on the problem's batch with its loss (:meth:`Problem.analysed_loss`: the task's own
     through the problem's readout, or the probe where ``steps`` asks for other steps or the states overflowed);
     returns the diagnosis and the loss it differentiated."""
@@ -39,7 +40,9 @@ def diagnose_problem(model: RNNModel, problem: Problem, seed: int, *, steps: str
             h = forward(model, problem.x).h
     loss = problem.analysed_loss(h, steps)
     diag = analyze(model, problem.x, grad_h=loss.grad_h, seed=seed, loss=loss.steps, horizon_factor=horizon_factor,
-                   loss_label=loss.label)
+                   loss_label=loss.label, stage=stage, input_source="synthetic",
+                   loss_source="task" if loss.grad_h is not None else "probe", dependency_length=dependency_length,
+                   input_label=f"task {problem.batch.name}, T = {problem.x.shape[0]}, B = {problem.x.shape[1]}")
     return diag, loss
 
 

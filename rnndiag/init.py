@@ -171,4 +171,4 @@ def init_model(
     label = scheme if gain is None else f"{scheme}(gain={g:g})"
     if forget_bias is not None:
         label += f", forget_bias={forget_bias:g}"
-    return RNNModel(cell, input_size, hidden_size, num_layers, bias, params, label)
+    return RNNModel(cell, input_size, hidden_size, num_layers, bias, params, label, stage="init")

@@ -65,6 +65,7 @@ class RNNModel:
     bidirectional: bool = False  # a second, reverse direction per layer (keys ending in _reverse)
     proj_size: int = 0  # P > 0: an LSTM whose output h_t = W_hr (o_t * tanh c_t) has P < H units
     source_dtype: str | None = None  # the stored dtype when it differs from the computed one (float16, bfloat16)
+    stage: str = "unknown"  # the weights: "init" (at initialization), "trained", or "unknown" (loaded)
 
     def __post_init__(self):
         object.__setattr__(self, "cell", check_cell(self.cell))
@@ -72,6 +73,8 @@ class RNNModel:
         check_positive_int(self.hidden_size, "hidden_size")
         check_positive_int(self.num_layers, "num_layers")
         object.__setattr__(self, "bidirectional", bool(self.bidirectional))
+        if self.stage not in ("init", "trained", "unknown"):
+            raise ValueError(f"stage must be init, trained or unknown; got {self.stage!r}")
         if self.proj_size:
             check_positive_int(self.proj_size, "proj_size")
             if self.cell != "lstm":

@@ -314,7 +314,8 @@ def train(
         failure = (f"iteration {i}: the checkpoint {str(checkpoint)!r} could not be written ({exc.strerror or exc}); "
                    f"the run stopped there, its {history.iterations} iterations are kept -- free space or choose "
                    "another --checkpoint")
-    final = model.with_params({k: v for k, v in params.items() if k not in READOUT}) \
+    final = dataclasses.replace(model.with_params({k: v for k, v in params.items() if k not in READOUT}),
+                                stage="trained" if history.iterations else model.stage) \
         if all(np.isfinite(v).all() for v in params.values()) else model
     if checkpoint is not None and failure is None:
         try:

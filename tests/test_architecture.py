@@ -25,7 +25,7 @@ EXAMPLES_DIR = ROOT / "examples"
 # pyproject.toml's [project.optional-dependencies] that installs what they import, e.g. {"rnndiag/pytorch.py":
 # "torch"} (list them in the root conftest.py's NEEDS_EXTRA too). Every other module imports torch inside the
 # function that needs it (as rnndiag/weights.py does for .pt files).
-INTEGRATIONS: dict[str, str] = {}
+INTEGRATIONS: dict[str, str] = {"rnndiag/pytorch/__init__.py": "torch", "rnndiag/pytorch/recorder.py": "torch"}
 HEAVY = ("torch", "dask", "distributed")
 
 # `python -m rnndiag` has to reach the CLI, so this entry point is the one file outside the CLI package that may
@@ -242,13 +242,17 @@ import importlib, pkgutil, sys
 import rnndiag
 heavy, skip = {heavy!r}, sys.argv[1:]
 pulled_in = {{name: "rnndiag" for name in heavy if name in sys.modules}}  # heavy module -> first import bringing it
-for info in pkgutil.walk_packages(rnndiag.__path__, "rnndiag."):
-    if any(info.name == s or info.name.startswith(s + ".") for s in skip):
-        continue
-    importlib.import_module(info.name)
-    for name in heavy:
-        if name in sys.modules:
-            pulled_in.setdefault(name, info.name)
+def walk(path, prefix):  # as pkgutil.walk_packages, but a skipped package is not imported to look inside
+    for info in pkgutil.iter_modules(path, prefix):
+        if any(info.name == s or info.name.startswith(s + ".") for s in skip):
+            continue
+        module = importlib.import_module(info.name)
+        for name in heavy:
+            if name in sys.modules:
+                pulled_in.setdefault(name, info.name)
+        if info.ispkg:
+            walk(module.__path__, info.name + ".")
+walk(rnndiag.__path__, "rnndiag.")
 print(pulled_in)
 """
 

@@ -294,3 +294,36 @@ def test_bidirectional_projected_padded_report_renders(browser, bidirectional_re
     for expected in ("layer 0 reverse", "layer 1 reverse", "W_hr W_hg", "proj_size", "sequences of 5 to 30 steps",
                      "read as (B, T, I) with --batch-first"):
         assert expected in text, expected
+
+
+def test_a_report_says_first_what_it_looked_at(browser, tmp_path):
+    """Loaded weights on synthetic input: the page's first lines say so, with the warning visible above the
+    verdict; an HTML-looking file name (<b>w.npz) stays text."""
+    import numpy as np
+
+    import rnndiag
+
+    weights = rnndiag.save_weights(rnndiag.init_model("gru", 2, 8, seed=0), tmp_path / "<b>w.npz")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((20, 3, 2)))
+    res = invoke(["analyze", "--weights", weights, "--out", tmp_path / "out", "--format", "html", "--quiet",
+                  "--seq-len", "20", "--batch-size", "3"])
+    assert_clean_exit(res, "looked at")
+    report = tmp_path / "out" / "report.html"
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(report.resolve().as_uri(), wait_until="load")
+        seen = page.evaluate(
+            "() => { const box = e => e ? e.getBoundingClientRect().top : null;"
+            " const look = document.getElementById('looked-at'), warn = document.querySelector('.warning'),"
+            " verdict = document.getElementById('verdict');"
+            " return {look: look && look.innerText, warn: warn && warn.innerText, bold: document.querySelectorAll("
+            "'p b').length, yLook: box(look), yWarn: box(warn), yVerdict: box(verdict),"
+            " visible: !!(warn && warn.offsetHeight > 0)}; }")
+    finally:
+        context.close()
+    assert seen["look"].startswith("Looked at: weights of unknown stage"), seen
+    assert "synthetic input (task adding" in seen["look"] and "a built-in task's loss" in seen["look"]
+    assert seen["warn"].startswith("Warning: loaded weights diagnosed on synthetic input") and seen["visible"]
+    assert seen["yLook"] < seen["yWarn"] < seen["yVerdict"], seen
+    assert seen["bold"] == 0  # the file name <b>w.npz is escaped, not markup

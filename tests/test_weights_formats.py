@@ -484,7 +484,7 @@ def test_cli_refusals_are_one_line(tmp_path, case):
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
-    (["--module", "rnn"], "--module applies to --weights only"),
+    (["--module", "rnn"], "--module applies to --weights or --capture only"),
     (["--weights", "w.npz", "--module", "rnn", "--prefix", "rnn"], "pass one of them"),
 ])
 def test_cli_module_option_checks(tmp_path, monkeypatch, args, fragment):

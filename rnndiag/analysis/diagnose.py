@@ -26,7 +26,12 @@ from .lyapunov import LyapunovSpectrum
 from .measure import first_nonfinite, measure_layer, start_vectors
 from .settings import HORIZON_FACTOR, AnalysisSettings, analysis_settings, probe_grad_h, probe_vectors
 from .spectral import WeightSpectrum, weight_spectra
-from .verdict import SEVERITY, THRESHOLDS, RuleHit, advice, layer_verdict
+from .verdict import SEVERITY, STAGES, THRESHOLDS, Magnitudes, RuleHit, advice, layer_verdict
+
+INPUT_SOURCES = ("user", "synthetic", "given")  # the user's data (a capture, an input file); generated; an array
+LOSS_SOURCES = ("user", "task", "probe", "given")  # captured; a built-in task's; the probe <u, h>; a grad_h given
+SOURCE_WORDS = {"user": "the user's", "synthetic": "synthetic", "given": "a given", "task": "a built-in task's",
+                "probe": "a probe"}
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,21 @@ class Diagnosis:
     source_dtype: str | None = None  # the weights' stored dtype when not the computed one (float16, bfloat16)
     sequence_lengths: tuple[int, ...] | None = None  # per-sequence lengths, when they differ from seq_len
     dropout: str = "none between layers"  # what was replayed between layers
+    stage: str = "unknown"  # the weights: "init" (at initialization), "trained", "unknown"
+    input_source: str = "given"  # see INPUT_SOURCES
+    loss_source: str = "probe"  # see LOSS_SOURCES
+    dependency_length: int | None = None  # the steps the horizon is judged against (None: seq_len)
+    warnings: tuple[str, ...] = ()  # what the reader must know before trusting the numbers
+    input_label: str | None = None  # one line on the input (a file, a task, a capture)
+
+    @property
+    def looked_at(self) -> str:
+        """One line: which weights, which input, which loss (``trained weights, the user's input, the user's
+        loss``)."""
+        weights = {"init": "weights at initialization", "trained": "trained weights",
+                   "unknown": "weights of unknown stage (pass --stage init|trained)"}[self.stage]
+        inp = f"{SOURCE_WORDS[self.input_source]} input" + (f" ({self.input_label})" if self.input_label else "")
+        return f"{weights}; {inp}; {SOURCE_WORDS[self.loss_source]} loss ({self.loss})"
 
     @property
     def architecture(self) -> str:
@@ -148,6 +168,12 @@ class Diagnosis:
                         else v) for k, v in flow.items()}
         return jsonable({
             "rnndiag_version": __version__,
+            "looked_at": self.looked_at,
+            "stage": self.stage,
+            "input_source": self.input_source,
+            "loss_source": self.loss_source,
+            "warnings": list(self.warnings),
+            "dependency_length": self.dependency_length or self.seq_len,
             "cell": self.cell,
             "input_size": self.input_size,
             "hidden_size": self.hidden_size,
@@ -199,27 +225,62 @@ def _quiet_overflow(fn):
     return wrapper
 
 
+ANALYZE_CONTEXT = """What :func:`analyze` looks at, said in every output and read by the rules:
+``stage`` ("init", "trained" or "unknown"; default the model's own: "init" for :func:`rnndiag.init_model`,
+"unknown" for loaded weights); ``input_source`` ("user", "synthetic" or "given", the default); ``loss_source``
+("user", "task", "probe" or "given"; default "probe" without ``grad_h``, else "given"); ``input_label`` (one line
+naming the input); ``dependency_length`` (the steps the task needs the gradient to reach, default the sequence
+length: the horizon is judged against it); ``earlier_grad_norms`` (global gradient norms of earlier captures of the
+same run, for the spike rule)."""
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What an analysis looks at, beside the arrays: said in every output and read by the rules."""
+
+    stage: str
+    input_source: str
+    loss_source: str
+    dependency_length: int | None
+    earlier_grad_norms: tuple[float, ...]
+    input_label: str | None
+    loss_label: str
+    dropout_replayed: bool
+
+
+def _context(model, probe_used: bool, *, stage, input_source, loss_source, dependency_length, earlier_grad_norms,
+             input_label, loss_label, dropout_replayed) -> _Context:
+    """The checked context of one analysis (one ``ValueError`` per bad value)."""
+    stage = model.stage if stage is None else stage
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
+    input_source = input_source or "given"
+    loss_source = loss_source or ("probe" if probe_used else "given")
+    if input_source not in INPUT_SOURCES:
+        raise ValueError(f"input_source must be one of {', '.join(INPUT_SOURCES)}; got {input_source!r}")
+    if loss_source not in LOSS_SOURCES:
+        raise ValueError(f"loss_source must be one of {', '.join(LOSS_SOURCES)}; got {loss_source!r}")
+    if probe_used and loss_source != "probe":
+        raise ValueError(f"loss_source {loss_source!r} needs the loss's gradient: pass grad_h")
+    if dependency_length is not None and (isinstance(dependency_length, bool) or
+                                          not isinstance(dependency_length, (int, np.integer)) or
+                                          dependency_length < 1):
+        raise ValueError(f"dependency_length must be a positive integer (steps); got {dependency_length!r}")
+    norms = tuple(float(v) for v in (earlier_grad_norms or ()))
+    if any(not math.isfinite(v) or v < 0 for v in norms):
+        raise ValueError("earlier_grad_norms must be finite non-negative numbers")
+    return _Context(stage, input_source, loss_source, None if dependency_length is None else int(dependency_length),
+                    norms, None if input_label is None else str(input_label), str(loss_label), dropout_replayed)
+
+
 @_quiet_overflow
-def analyze(
-    model: RNNModel,
-    x,
-    *,
-    loss: str = "last",
-    grad_h=None,
-    state0=None,
-    seed: int | None = 0,
-    horizon_factor: float = HORIZON_FACTOR,
-    batch_sample="auto",
-    lyapunov_k: int | None = None,
-    lyapunov_warmup: int | None = None,
-    reortho_every: int = 1,
-    q0: str | None = None,
-    keep_trace: bool = False,
-    loss_label: str | None = None,
-    lengths=None,
-    batch_first: bool = False,
-    dropout_masks=None,
-) -> Diagnosis:
+def analyze(model: RNNModel, x=None, *, loss: str = "last", grad_h=None, state0=None, seed: int | None = 0,
+            horizon_factor: float = HORIZON_FACTOR, batch_sample="auto", lyapunov_k: int | None = None,
+            lyapunov_warmup: int | None = None, reortho_every: int = 1, q0: str | None = None,
+            keep_trace: bool = False, loss_label: str | None = None, lengths=None, batch_first: bool = False,
+            dropout_masks=None, grad_state_n=None, stage: str | None = None, input_source: str | None = None,
+            loss_source: str | None = None, dependency_length: int | None = None, earlier_grad_norms=None,
+            input_label: str | None = None, module: str | None = None) -> Diagnosis:
     """Diagnose the gradient flow of ``model`` on ``x`` (T, B, I).
 
     ``loss``: ``"last"`` (gradient injected at the last step) or ``"all"`` (every step); without ``grad_h`` the
@@ -235,7 +296,13 @@ def analyze(
     over its own steps, counted back from its own end. ``batch_first``: ``x`` (and ``grad_h``) are (B, T, ...).
     ``dropout_masks``: the masks between layers of a train-mode replay (see :func:`rnndiag.forward`); without
     them dropout is not replayed (eval mode), and the diagnosis says so. Bidirectional models are measured per
-    direction; the probe's "last step" is each direction's own last (a loss on ``h_n``).
+    direction; the probe's "last step" is each direction's own last (a loss on ``h_n``). ``grad_state_n``: the
+    loss's gradient on the final states, as :func:`rnndiag.bptt` takes it.
+
+    What it looks at -- ``stage``, ``input_source``, ``loss_source``, ``input_label``, ``dependency_length``,
+    ``earlier_grad_norms`` -- is said in every output and read by the rules (see :data:`ANALYZE_CONTEXT`).
+    ``model`` may be a :class:`rnndiag.capture.Capture` alone (``module`` chooses among its recurrent modules):
+    the user's input, initial states and loss, replayed exactly (:func:`rnndiag.capture.analyze_capture`).
 
     >>> from rnndiag import init_model
     >>> m = init_model("rnn_tanh", 2, 16, init="tutorial", seed=0)
@@ -243,8 +310,17 @@ def analyze(
     >>> d.verdict
     'vanishing'
     """
+    from ..capture import Capture, analyze_capture
+    if isinstance(model, Capture) and x is None:
+        return analyze_capture(model, module, stage=stage, dependency_length=dependency_length, seed=seed,
+                               horizon_factor=horizon_factor, batch_sample=batch_sample, lyapunov_k=lyapunov_k,
+                               lyapunov_warmup=lyapunov_warmup, reortho_every=reortho_every, q0=q0,
+                               keep_trace=keep_trace)
     if not isinstance(model, RNNModel):
-        raise TypeError(f"model must be an RNNModel (from init_model or load_weights); got {type(model).__name__}")
+        raise TypeError(f"model must be an RNNModel (from init_model or load_weights) or a Capture; got "
+                        f"{type(model).__name__}")
+    if x is None:
+        raise TypeError("x, the input (T, B, I), is missing: analyze(model, x) (a Capture alone holds its own)")
     if batch_first:
         x, grad_h, dropout_masks = _time_major(x), _time_major(grad_h), \
             None if dropout_masks is None else [_time_major(m) for m in dropout_masks]
@@ -256,28 +332,41 @@ def analyze(
                                  lyapunov_k=lyapunov_k, lyapunov_warmup=lyapunov_warmup,
                                  reortho_every=reortho_every, q0=q0, seed=seed)
     probe_used = grad_h is None
-    if probe_used:
-        grad_h = probe_grad_h(loss, T, B, P, seed, model.dtype, directions=D, lengths=lengths)
-    else:
-        grad_h = check_array(grad_h, "grad_h", (T, B, D * P), model.dtype)
-    if loss_label is None:
-        loss_label = f"probe ({loss})" if probe_used else "given grad_h"
-    loss_label = str(loss_label)
+    grad_h = probe_grad_h(loss, T, B, P, seed, model.dtype, directions=D, lengths=lengths) if probe_used else \
+        check_array(grad_h, "grad_h", (T, B, D * P), model.dtype)
+    loss_label = (f"probe ({loss})" if probe_used else "given grad_h") if loss_label is None else loss_label
+    ctx = _context(model, probe_used, stage=stage, input_source=input_source, loss_source=loss_source,
+                   dependency_length=dependency_length, earlier_grad_norms=earlier_grad_norms,
+                   input_label=input_label, loss_label=loss_label, dropout_replayed=dropout_masks is not None)
     with np.errstate(all="ignore"):
-        trace = bptt(model, x, grad_h, state0, param_grads=True, lengths=lengths, dropout_masks=dropout_masks)
+        trace = bptt(model, x, grad_h, state0, param_grads=True, lengths=lengths, dropout_masks=dropout_masks,
+                     grad_state_n=grad_state_n)
     overflow = _state_overflow(trace)
     if overflow is not None:  # analyse the finite part, then say where it exploded
         _check_measurable(overflow, model, lengths)
         n = overflow.step
-        finite = analyze(model, x[:n], loss=loss, grad_h=None if probe_used else grad_h[:n], state0=state0,
-                         seed=seed, horizon_factor=horizon_factor, batch_sample=list(settings.batch_sample),
-                         lyapunov_k=lyapunov_k, lyapunov_warmup=min(settings.lyapunov_warmup, n - 1),
-                         reortho_every=reortho_every, q0=q0, keep_trace=keep_trace, loss_label=loss_label,
-                         dropout_masks=None if dropout_masks is None else [m[:n] for m in dropout_masks])
-        return _exploded(finite, overflow, T)
+        finite = analyze(model, x[:n], grad_h=None if probe_used else grad_h[:n], state0=state0, seed=seed,
+                         batch_sample=list(settings.batch_sample),
+                         lyapunov_warmup=min(settings.lyapunov_warmup, n - 1), keep_trace=keep_trace,
+                         dropout_masks=None if dropout_masks is None else [m[:n] for m in dropout_masks],
+                         **_same_settings(settings, lyapunov_k, q0), **_context_kwargs(ctx))
+        return _exploded(finite, overflow, T, grad_state_n is not None)
     measured = _measure_all(model, trace, settings, grad_h, probe_vectors(B, P, seed, D), seed)
-    return _assemble(model, x, grad_h, state0, trace, settings, measured, _gradient_overflow(trace), loss_label,
-                     seed, keep_trace, dropout_masks is not None)
+    return _assemble(model, x, grad_h, state0, trace, settings, measured, _gradient_overflow(trace), ctx, seed,
+                     keep_trace)
+
+
+def _same_settings(settings: AnalysisSettings, lyapunov_k, q0) -> dict:
+    """The settings of an analysis, as :func:`analyze` takes them, for the analysis of its finite part."""
+    return {"loss": settings.loss, "horizon_factor": settings.horizon_factor, "lyapunov_k": lyapunov_k,
+            "reortho_every": settings.reortho_every, "q0": q0}
+
+
+def _context_kwargs(ctx: _Context) -> dict:
+    """A context as :func:`analyze`'s keyword arguments."""
+    return {"stage": ctx.stage, "input_source": ctx.input_source, "loss_source": ctx.loss_source,
+            "dependency_length": ctx.dependency_length, "earlier_grad_norms": ctx.earlier_grad_norms,
+            "input_label": ctx.input_label, "loss_label": ctx.loss_label}
 
 
 def _measure_all(model, trace, settings, grad_h, probe_start, seed) -> list:
@@ -350,26 +439,75 @@ def _gradient_overflow(trace: Trace) -> NonFinite | None:
     return None
 
 
-def _assemble(model, x, grad_h, state0, trace, settings, measured, nonfinite, loss_label, seed,
-              keep_trace, dropout_replayed=False) -> Diagnosis:
+def _assemble(model, x, grad_h, state0, trace, settings, measured, nonfinite, ctx: _Context, seed,
+              keep_trace) -> Diagnosis:
     """The verdict of every layer by the rule table, the model's (its worst layer's), caveats and advice."""
     T, B, _ = x.shape
     lengths = trace.lengths
     if lengths is not None:  # steps past the longest sequence are padding only
         T = int(lengths.max())
+    grad_norm_total = global_norm(trace.param_grads)
+    grad_norm_total = grad_norm_total if math.isfinite(grad_norm_total) else None
+    layers = _layer_diagnoses(model, trace, measured, nonfinite, ctx, T, grad_norm_total)
+    worst = max(layers, key=lambda ld: SEVERITY[ld.verdict])
+    clip = _suggested_clip(model, x, grad_h, trace, state0) if worst.verdict == "exploding" else None
+    caveats = _caveats(model, layers, worst.verdict, T, ctx)
+    if model.num_layers > 1:
+        dropout = "train-mode masks given, replayed exactly" if ctx.dropout_replayed else \
+            "not replayed (eval mode): any dropout between layers is off, as in model.eval()"
+    else:
+        dropout = "none between layers (one layer)"
+    return Diagnosis(
+        cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,
+        seq_len=T, batch_size=B, seed=seed if isinstance(seed, int) else None, init=model.init,
+        dtype=str(model.dtype), loss=ctx.loss_label, verdict=worst.verdict,
+        verdict_detail=worst.detail if len(layers) == 1 else f"{worst.name}: {worst.detail}",
+        confidence="low" if caveats else "high", caveats=tuple(caveats),
+        notes=tuple(_notes(model, settings, layers, lengths, B)),
+        advice=tuple(advice(layers, model.cell, T, worst.verdict, clip, grad_norm_total, ctx.stage,
+                            ctx.dependency_length)),
+        rules=tuple(ld.rule for ld in layers), layers=tuple(layers), nonfinite=nonfinite,
+        global_grad_norm=grad_norm_total, suggested_clip_norm=clip, settings=settings,
+        trace=trace if keep_trace else None, bidirectional=model.bidirectional, proj_size=model.proj_size,
+        source_dtype=model.source_dtype,
+        sequence_lengths=None if lengths is None else tuple(int(n) for n in lengths), dropout=dropout,
+        stage=ctx.stage, input_source=ctx.input_source, loss_source=ctx.loss_source,
+        dependency_length=ctx.dependency_length, warnings=tuple(_warnings(ctx)), input_label=ctx.input_label)
+
+
+def _layer_diagnoses(model, trace, measured, nonfinite, ctx: _Context, T: int, grad_norm_total) -> list:
+    """Each layer trace's verdict by the rule table, with the sizes the magnitude rules read."""
+    earlier = ctx.earlier_grad_norms
+    median = float(np.median(earlier)) if len(earlier) >= THRESHOLDS["grad_spike_history"] else None
+    top = (model.num_layers - 1, 0)
     layers = []
     for lt, spectrum, m in zip(trace.layers, weight_spectra(model), measured):
         nf = nonfinite if nonfinite is not None and (nonfinite.layer, nonfinite.direction or 0) == \
             (lt.layer, lt.direction) else None
+        sizes = _magnitudes(model, trace, lt, ctx)
+        if (lt.layer, lt.direction) == top:
+            sizes = dataclasses.replace(sizes, global_norm=grad_norm_total, earlier_median=median)
         v, detail, rule = layer_verdict(lt.layer, T, m.flow, m.lyapunov.top, nf.step if nf else None,
-                                        nonfinite.kind if nonfinite else None)
+                                        nonfinite.kind if nonfinite else None, sizes, ctx.dependency_length)
         layers.append(LayerDiagnosis(lt.layer, spectrum, m.flow, m.lyapunov, m.gates, v, detail, rule,
                                      m.forget_bias, lt.direction))
-    worst = max(layers, key=lambda ld: SEVERITY[ld.verdict])
-    grad_norm_total = global_norm(trace.param_grads)
-    grad_norm_total = grad_norm_total if math.isfinite(grad_norm_total) else None
-    clip = _suggested_clip(model, x, grad_h, trace, state0) if worst.verdict == "exploding" else None
-    caveats = _caveats(model, layers, worst.verdict, T)
+    return layers
+
+
+def _magnitudes(model: RNNModel, trace: Trace, lt, ctx: _Context) -> Magnitudes:
+    """One layer trace's parameter and gradient norms, its largest weight and PyTorch's init bound."""
+    suffix = f"_l{lt.layer}" + ("_reverse" if lt.direction else "")
+    names = [k for k in model.params if k.endswith(suffix)]
+    param_norm = math.sqrt(sum(float(np.sum(np.square(model.params[k], dtype=np.float64))) for k in names))
+    grads = [trace.param_grads[k] for k in names if trace.param_grads and k in trace.param_grads]
+    grad_norm = global_norm(dict(enumerate(grads))) if grads else None
+    biggest = max(float(np.max(np.abs(model.params[k]))) for k in names if k.startswith("weight_"))
+    return Magnitudes(grad_norm, param_norm, biggest, 1.0 / math.sqrt(model.hidden_size),
+                      ctx.loss_source in ("user", "given"))
+
+
+def _notes(model, settings, layers, lengths, B: int) -> list[str]:
+    """How the numbers were obtained: sampling, directions, projections, dtypes."""
     notes = []
     sampled = len(layers[-1].flow.jacobian_batch)
     if lengths is not None:
@@ -389,23 +527,19 @@ def _assemble(model, x, grad_h, state0, trace, settings, measured, nonfinite, lo
                      "products W_hr W_h(gate)")
     if model.source_dtype:
         notes.append(f"weights stored as {model.source_dtype}, computed in {model.dtype}")
-    if model.num_layers > 1:
-        dropout = "train-mode masks given, replayed exactly" if dropout_replayed else \
-            "not replayed (eval mode): any dropout between layers is off, as in model.eval()"
-    else:
-        dropout = "none between layers (one layer)"
-    return Diagnosis(
-        cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,
-        seq_len=T, batch_size=B, seed=seed if isinstance(seed, int) else None, init=model.init,
-        dtype=str(model.dtype), loss=loss_label, verdict=worst.verdict,
-        verdict_detail=worst.detail if len(layers) == 1 else f"{worst.name}: {worst.detail}",
-        confidence="low" if caveats else "high", caveats=tuple(caveats), notes=tuple(notes),
-        advice=tuple(advice(layers, model.cell, T, worst.verdict, clip, grad_norm_total)),
-        rules=tuple(ld.rule for ld in layers), layers=tuple(layers), nonfinite=nonfinite,
-        global_grad_norm=grad_norm_total, suggested_clip_norm=clip, settings=settings,
-        trace=trace if keep_trace else None, bidirectional=model.bidirectional, proj_size=model.proj_size,
-        source_dtype=model.source_dtype,
-        sequence_lengths=None if lengths is None else tuple(int(n) for n in lengths), dropout=dropout)
+    return notes
+
+
+def _warnings(ctx: _Context) -> list[str]:
+    """What the reader must know first: weights that are not fresh, diagnosed on synthetic input or a probe."""
+    out = []
+    if ctx.stage != "init" and (ctx.input_source == "synthetic" or ctx.loss_source == "probe"):
+        what = " and ".join(w for w, on in (("synthetic input", ctx.input_source == "synthetic"),
+                                            ("a probe loss", ctx.loss_source == "probe")) if on)
+        out.append(f"{'trained' if ctx.stage == 'trained' else 'loaded'} weights diagnosed on {what}: the numbers "
+                   f"describe this network on that, not your run; record a capture of your data and loss "
+                   f"(rnndiag.pytorch.capture) and use --capture")
+    return out
 
 
 def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
@@ -422,9 +556,12 @@ def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
     return norm if math.isfinite(norm) and norm > 0 else None
 
 
-def _caveats(model, layers, verdict, T) -> list[str]:
+def _caveats(model, layers, verdict, T, ctx: _Context) -> list[str]:
     out = []
-    if is_gated(model.cell) and verdict == "vanishing":
+    if ctx.stage == "unknown":
+        out.append("the weights' stage is unknown (loaded): the advice assumes weights at initialization; pass "
+                   "--stage trained (stage='trained') for advice about a trained run")
+    if is_gated(model.cell) and verdict == "vanishing" and ctx.stage != "trained":
         out.append("gated cell: at these weights the gradient vanishes, but the gates can learn to hold memory "
                    "(forget/update gate towards 1); whether they will is not decidable from one snapshot -- "
                    "compare with a diagnosis after a short training run")
@@ -433,10 +570,14 @@ def _caveats(model, layers, verdict, T) -> list[str]:
         out.append(f"no decay rate: {fl.fit.reason}")
     if fl.horizon.censored and T < THRESHOLDS["short_sequence"]:
         out.append(f"the gradient survives all {T} steps, but a sequence this short says little about longer ones")
+    need = ctx.dependency_length
+    if need is not None and need > T and any(ld.flow.horizon.censored for ld in layers if ld.verdict == "healthy"):
+        out.append(f"the dependency length {need} is longer than the {T} steps analysed: the gradient reaches all "
+                   f"{T}, but whether it reaches {need} is not measured -- analyse sequences of {need} steps")
     return out
 
 
-def _exploded(sub: Diagnosis, nonfinite: NonFinite, T: int) -> Diagnosis:
+def _exploded(sub: Diagnosis, nonfinite: NonFinite, T: int, dropped_final: bool = False) -> Diagnosis:
     hit = RuleHit("non_finite", nonfinite.layer, "exploding", float(nonfinite.step), None,
                   f"the {nonfinite.kind} of layer {nonfinite.layer} became non-finite (overflow) at step "
                   f"{nonfinite.step}; the measurements cover steps 0..{nonfinite.step - 1}")
@@ -444,4 +585,6 @@ def _exploded(sub: Diagnosis, nonfinite: NonFinite, T: int) -> Diagnosis:
            f"init, gain 1) and clip the global gradient norm", *sub.advice)
     return dataclasses.replace(sub, seq_len=T, verdict="exploding", verdict_detail=f"exploded at step {nonfinite.step}",
                                nonfinite=nonfinite, rules=(hit, *sub.rules), advice=adv,
-                               notes=(*sub.notes, f"measurements cover the {nonfinite.step} finite steps only"))
+                               notes=(*sub.notes, f"measurements cover the {nonfinite.step} finite steps only",
+                                      *(["the loss's gradient on the final states (h_n, c_n) lies past the "
+                                         "overflow and is left out of the finite part"] if dropped_final else [])))

@@ -118,8 +118,10 @@ class ModelRequest:
         ``--module``/``--prefix`` without it (or both at once)."""
         weights = opts.get("weights")
         for name in ("module", "prefix"):
-            if weights is None and opts.get(name) is not None:
-                raise InputError(f"--{name} applies to --weights only")
+            if weights is None and opts.get(name) is not None and \
+                    not (name == "module" and opts.get("capture") is not None):
+                also = " or --capture" if name == "module" and "capture" in opts else ""
+                raise InputError(f"--{name} applies to --weights{also} only")
         if opts.get("module") is not None and opts.get("prefix") is not None:
             raise InputError("--module and --prefix both choose the recurrent module; pass one of them")
         if weights is not None:

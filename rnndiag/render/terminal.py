@@ -113,7 +113,10 @@ def print_columns(console: Console, title: Text, columns: list[Column], drop_ord
 
 
 def summary(console: Console, diag, report_path: str | None = None) -> None:
-    """Print the verdict, the per-layer table, advice, caveats and where the report is."""
+    """Print what was looked at, the verdict, the per-layer table, advice, caveats and where the report is."""
+    console.print(Text("looked at: ", style="bold").append(diag.looked_at))
+    for warning in diag.warnings:
+        console.print(Text("warning: ", style="bold yellow").append(warning))
     head = Text("verdict: ")
     head.append(diag.verdict.upper(), style=VERDICT_STYLE.get(diag.verdict, "bold"))
     head.append(f"  {diag.verdict_detail}")
