@@ -59,6 +59,7 @@ class ModuleCapture:
     training: bool = False  # module.training at the forward
     dropout: float = 0.0  # the module's dropout between layers
     weights_dtype: str = "float32"  # the dtype torch computed in
+    chained: bool = False  # its initial state was the previous call's final state (a step-by-step loop)
 
     def model(self, dtype=np.float64):
         """The module as an :class:`rnndiag.RNNModel` (its architecture read from the parameters' keys and
@@ -74,6 +75,12 @@ class ModuleCapture:
     @property
     def batch_size(self) -> int:
         return int(self.x.shape[1])
+
+    @property
+    def receives_gradient(self) -> bool:
+        """Whether the loss sent any gradient to this call (its output or final states)."""
+        return bool(np.any(self.grad_output)) or any(
+            g is not None and bool(np.any(g)) for g in (self.grad_h_n, self.grad_c_n))
 
     @property
     def dropout_replayed(self) -> bool:
@@ -146,6 +153,7 @@ class Capture:
     torch_version: str | None = None
     rnndiag_version: str = __version__
     source: str = "capture"  # how error messages name it (a file's path once loaded)
+    module_grad_norm_history: dict = field(default_factory=dict)  # per module name, as grad_norm_history
 
     def __post_init__(self):
         if not self.modules:
@@ -183,9 +191,11 @@ class Capture:
         return {"format": CAPTURE_FORMAT, "kind": "rnndiag capture", "iteration": self.iteration,
                 "stage": self.stage, "loss_value": _finite(self.loss_value),
                 "grad_norm_history": [float(v) for v in self.grad_norm_history],
+                "module_grad_norm_history": {k: [float(v) for v in vs]
+                                             for k, vs in self.module_grad_norm_history.items()},
                 "torch_version": self.torch_version, "rnndiag_version": self.rnndiag_version,
                 "modules": [{"name": m.name, "architecture": m.architecture(), "packed": m.packed,
-                             "training": m.training, "weights_dtype": m.weights_dtype,
+                             "training": m.training, "weights_dtype": m.weights_dtype, "chained": m.chained,
                              "seq_len": m.seq_len, "batch_size": m.batch_size} for m in self.modules]}
 
     def save(self, path, *, overwrite: bool = False) -> Path:
@@ -243,11 +253,17 @@ def load_capture(path) -> Capture:
     :class:`CaptureError` naming the file and the fix."""
     path = Path(path)
     what = f"capture file {str(path)!r}"
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
+        raise CaptureError(f"{what} is a PyTorch file, not a capture: weights go to --weights (load_weights); a "
+                           "capture is the .npz that rnndiag.pytorch.capture(...).save(path) writes")
     try:
         with NpzArchive(path, what) as archive:
             return _read(archive, what)
     except ArrayFileError as exc:
         text = str(exc)
+        if "is not a valid .npy" in text or "not a .npy" in text:
+            raise CaptureError(f"{what} is a zip archive but not an rnndiag capture (a PyTorch file?); a capture "
+                               "is the .npz that rnndiag.pytorch.capture(...).save(path) writes") from None
         if "cannot be read as an .npz archive" in text or "cannot be read (" in text:
             raise CaptureError(f"{what} is truncated or corrupt (not a complete .npz archive); {RECORD_HINT}") \
                 from None
@@ -277,7 +293,9 @@ def _read(archive: NpzArchive, what: str) -> Capture:
         return Capture(modules, _opt_int(header.get("iteration")), stage_of(None, header.get("stage", "unknown")),
                        _finite(header.get("loss_value")),
                        tuple(float(v) for v in header.get("grad_norm_history", [])), header.get("torch_version"),
-                       str(header.get("rnndiag_version", "unknown")), what)
+                       str(header.get("rnndiag_version", "unknown")), what,
+                       {str(k): tuple(float(v) for v in vs)
+                        for k, vs in dict(header.get("module_grad_norm_history", {})).items()})
     except CaptureError:
         raise
     except ArrayFileError as exc:
@@ -303,7 +321,7 @@ def _read_module(archive: NpzArchive, what: str, i: int, entry: dict) -> ModuleC
     mc = ModuleCapture(name, str(arch["cell"]), params, batch_first=bool(arch.get("batch_first", False)),
                        packed=bool(entry.get("packed", False)), training=bool(entry.get("training", False)),
                        dropout=float(arch.get("dropout", 0.0)), weights_dtype=str(entry.get("weights_dtype", "")),
-                       **arrays)
+                       chained=bool(entry.get("chained", False)), **arrays)
     return check_module_capture(mc, f"{what}, module {name!r}")
 
 
@@ -364,6 +382,11 @@ def analyze_capture(capture: Capture, module: str | None = None, *, stage: str |
         raise TypeError(f"capture must be an rnndiag Capture (rnndiag.pytorch.capture, load_capture); got "
                         f"{type(capture).__name__}")
     mc = capture.module(module)
+    if not mc.receives_gradient:
+        others = [m.name for m in capture.modules if m.receives_gradient]
+        raise CaptureError(f"the loss sends no gradient to {mc.name!r} of {capture.source} (its output and final "
+                           f"states do not reach the loss): nothing flows back through it"
+                           f"{'; choose another --module: ' + ', '.join(others) if others else ''}")
     model = mc.model(dtype)
     grad_h, grad_state_n, steps = mc.replay_gradients(model)
     stage = stage_of(capture.iteration, stage) if stage is not None else capture.stage
@@ -376,7 +399,11 @@ def analyze_capture(capture: Capture, module: str | None = None, *, stage: str |
                    state0=mc.state0(), lengths=mc.lengths, loss=steps, keep_trace=keep_trace,
                    loss_label=f"captured, {'at the last step' if steps == 'last' else 'over the steps'}",
                    stage=stage, input_source="user", loss_source="user", dependency_length=dependency_length,
-                   earlier_grad_norms=capture.grad_norm_history, input_label=label, **settings)
+                   earlier_grad_norms=capture.module_grad_norm_history.get(mc.name, capture.grad_norm_history),
+                   input_label=label, **settings)
+    notes = list(_capture_notes(capture, mc, stage, model))
+    if notes:
+        diag = dataclasses.replace(diag, notes=(*diag.notes, *notes))
     if not mc.dropout_replayed:
         note = (f"the run was in train mode with dropout {mc.dropout:g} between layers; PyTorch's fused kernel draws "
                 "its masks internally, so they were not recorded and the replay runs without dropout (eval mode): "
@@ -385,3 +412,46 @@ def analyze_capture(capture: Capture, module: str | None = None, *, stage: str |
         diag = dataclasses.replace(diag, notes=(*diag.notes, note),
                                    dropout="train-mode dropout in the run, not replayed (masks not observable)")
     return diag
+
+
+def _capture_notes(capture: Capture, mc: ModuleCapture, stage: str, model) -> list[str]:
+    """What a reader of a capture's diagnosis must know about the replay."""
+    notes = []
+    if mc.weights_dtype in ("float16", "bfloat16"):
+        notes.append(f"the run computed in {mc.weights_dtype}; the replay runs in {model.dtype} on the same weights "
+                     f"and inputs, so its numbers differ from the run's by {mc.weights_dtype} rounding (about "
+                     f"{'1e-2' if mc.weights_dtype == 'bfloat16' else '1e-3'} relative)")
+    if mc.chained:
+        notes.append(f"{mc.name.split('#')[0]!r} was called step by step with its state carried between calls: "
+                     "each call is a separate capture, and the gradient through the chain of calls is not replayed")
+    if capture.stage not in ("unknown", stage):
+        notes.append(f"stage {stage!r} as asked, although the capture's iteration {capture.iteration} makes it "
+                     f"{capture.stage!r}")
+    return notes
+
+
+def locate_nonfinite(mc: ModuleCapture, dtype=np.float32) -> dict | None:
+    """Where the replay of one module call in ``dtype`` (the dtype the run computed in) first stops being finite:
+    ``{"kind": "state"|"gradient", "layer", "direction", "step"}`` (the state forward from the first step; the
+    gradient backward from the loss), or None when it stays finite."""
+    from .analysis.diagnose import first_nonfinite_in
+    from .engine import bptt
+
+    model = mc.model(dtype)
+    grad_h, grad_state_n, _ = mc.replay_gradients(model)
+    with np.errstate(all="ignore"):
+        trace = bptt(model, mc.x.astype(model.dtype), grad_h.astype(model.dtype), _cast(mc.state0(), model.dtype),
+                     lengths=mc.lengths, grad_state_n=_cast(grad_state_n, model.dtype), param_grads=False)
+    found = first_nonfinite_in(trace)
+    if found is None:
+        return None
+    return {"kind": found.kind, "layer": found.layer, "direction": "reverse" if found.direction else "forward",
+            "step": found.step}
+
+
+def _cast(state, dtype):
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(_cast(s, dtype) for s in state)
+    return np.asarray(state).astype(dtype)

@@ -108,6 +108,12 @@ class RNNModel:
         return param_shapes(self.cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
                             self.bidirectional, self.proj_size)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights came from outside -- a file or a state_dict (:mod:`rnndiag.weights`) -- rather than
+        from :func:`rnndiag.init_model` or rnndiag's own training."""
+        return self.init.startswith(("loaded from", "state_dict"))
+
     # -- sizes -------------------------------------------------------------------------------------------------
     @property
     def num_directions(self) -> int:

@@ -15,6 +15,8 @@ from rnndiag.capture import CAPTURE_FORMAT, HEADER_KEY, CaptureError, load_captu
 
 torch = pytest.importorskip("torch", reason="capture needs torch")
 nn = torch.nn
+import rnndiag.pytorch  # noqa: E402  (after the skip: it needs torch)
+
 pytestmark = pytest.mark.torch
 
 
@@ -43,8 +45,6 @@ def tagger_capture(iteration=3):
 
 
 def test_capture_records_every_module_and_leaves_grad_alone():
-    import rnndiag.pytorch
-
     torch.manual_seed(0)
     model = Tagger().double()
     x = torch.randn(4, 12, 3, dtype=torch.float64)
@@ -59,8 +59,6 @@ def test_capture_records_every_module_and_leaves_grad_alone():
 
 
 def test_a_module_called_twice_is_recorded_per_call():
-    import rnndiag.pytorch
-
     rnn = nn.RNN(2, 4).double()
     x = torch.randn(5, 3, 2, dtype=torch.float64)
 
@@ -149,6 +147,8 @@ def test_module_choice_on_the_command_line(capture_file, tmp_path):
     assert metrics["cell"] == "gru" and metrics["input_source"] == "user" and metrics["loss_source"] == "user"
     assert metrics["stage"] == "trained" and "--capture" in metrics["command"]
     assert "captured" in metrics["loss_detail"] and "iteration 3" in metrics["input"]
+    assert metrics["capture"]["module"] == "encoder.rnn" and metrics["capture"]["iteration"] == 3
+    assert metrics["capture"]["modules"] == ["encoder.rnn", "decoder"] and metrics["capture"]["batch_first"]
 
 
 def test_capture_excludes_the_options_it_decides(capture_file):
@@ -158,8 +158,6 @@ def test_capture_excludes_the_options_it_decides(capture_file):
 
 
 def test_capture_of_a_model_without_recurrent_modules_is_refused():
-    import rnndiag.pytorch
-
     with pytest.raises(CaptureError, match=r"contains no nn\.RNN"):
         rnndiag.pytorch.capture(nn.Linear(2, 2), torch.randn(3, 2), lambda out: out.sum())
 
@@ -184,8 +182,6 @@ def test_stage_option_for_weights(tmp_path):
 def diverging_run(steps=25):
     """A tanh RNN trained by plain SGD (float32, as users train) at a learning rate that makes it diverge:
     (iteration, loss, global gradient norm of the recurrent module as autograd saw it, diagnosis of a capture)."""
-    import rnndiag.pytorch
-
     torch.manual_seed(0)
     rnn, head = nn.RNN(2, 32, batch_first=True), nn.Linear(32, 1)
     with torch.no_grad():
@@ -220,3 +216,125 @@ def test_a_diverging_tanh_run_reads_exploding_before_it_overflows():
         assert d.verdict == "exploding", (it, norm, d.verdict, d.verdict_detail)
         assert d.global_grad_norm == pytest.approx(norm, rel=1e-4)  # float32 autograd vs the float64 replay
         assert d.nonfinite is None  # caught by the rules while everything was still finite
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4)
+        self.drop = nn.Dropout(0.5)
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.norm(self.drop(out[-1]))
+
+
+def test_capture_works_under_no_grad_and_restores_rng_and_buffers():
+    torch.manual_seed(0)
+    model = Encoder().train()
+    x = torch.randn(6, 5, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        cap = rnndiag.pytorch.capture(model, x, lambda out: out.sum())
+    assert torch.equal(torch.rand(3), expected)  # the random stream goes on as if nothing had happened
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics put back
+    assert cap.modules[0].receives_gradient
+
+
+def test_a_frozen_module_is_captured_without_touching_its_flags():
+    torch.manual_seed(0)
+    rnn = nn.GRU(3, 4).double().requires_grad_(False)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    cap = rnndiag.pytorch.capture(rnn, x, lambda out: out[0][-1].square().sum())
+    assert cap.modules[0].grad_output[-1].any()
+    assert not any(p.requires_grad for p in rnn.parameters())
+    diag = rnndiag.analyze(cap, keep_trace=True)  # the replay gives the gradient autograd would have given
+    ref = rnn.requires_grad_(True)
+    g = torch.autograd.grad(ref(x)[0][-1].square().sum(), ref.weight_hh_l0)[0]
+    assert np.allclose(diag.trace.param_grads["weight_hh_l0"], g.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_a_module_the_loss_does_not_use_is_refused_when_analysed():
+    m = Tagger().double()
+    x = torch.randn(4, 12, 3, dtype=torch.float64)
+    cap = rnndiag.pytorch.capture(m, x, lambda out: m.encoder.rnn(x)[0].sum() + 0 * out.sum())
+    with pytest.raises(CaptureError, match="sends no gradient to 'decoder'") as info:
+        rnndiag.analyze(cap, module="decoder")
+    assert "choose another --module: encoder.rnn" in str(info.value)
+
+
+def test_an_output_changed_in_place_is_refused():
+    rnn = nn.RNN(2, 3)
+
+    def loss_fn(out):
+        out[0].mul_(2)
+        return out[0].sum()
+
+    with pytest.raises(CaptureError, match="modified in place"):
+        rnndiag.pytorch.capture(rnn, torch.randn(4, 2, 2), loss_fn)
+
+
+def test_recurrent_modules_run_without_autograd_are_named():
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.RNN(2, 3)
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            with torch.no_grad():
+                h = self.rnn(x)[0]
+            return self.lin(x).sum() + h.sum()
+
+    with pytest.raises(CaptureError, match="ran without autograd"):
+        rnndiag.pytorch.capture(Frozen(), torch.randn(4, 2, 2), lambda loss: loss)
+
+
+def test_bad_capture_arguments_are_one_line():
+    rnn = nn.RNN(2, 3)
+    x = torch.randn(4, 2, 2)
+    with pytest.raises(ValueError, match="grad_norm_history must hold finite"):
+        rnndiag.pytorch.capture(rnn, x, lambda out: out[0].sum(), grad_norm_history=[1.0, float("inf")])
+    with pytest.raises(ValueError, match="iteration must be a non-negative integer"):
+        rnndiag.pytorch.capture(rnn, x, lambda out: out[0].sum(), iteration=-1)
+    assert rnndiag.pytorch.capture(rnn, x, lambda out: out[0].sum(), iteration=np.int64(3)).iteration == 3
+    with pytest.raises(CaptureError, match="scalar"):
+        rnndiag.pytorch.capture(rnn, x, lambda out: out[0])
+    cap = rnndiag.pytorch.capture(rnn, x, lambda out: out[0].sum())
+    with pytest.raises(TypeError, match="do not pass x"):
+        rnndiag.analyze(cap, np.zeros((4, 2, 2)))
+
+
+def test_a_torch_file_given_as_capture_points_to_weights(tmp_path):
+    p = tmp_path / "w.pt"
+    torch.save(nn.RNN(2, 3).state_dict(), p)
+    r = invoke(["analyze", "--capture", p, "--format", "none"])
+    assert r.exit_code == 2 and "weights go to --weights" in result_stderr(r)
+
+
+def test_a_step_by_step_loop_is_said_not_to_be_replayed_across_calls():
+    cell = nn.GRU(2, 3).double()
+    x = torch.randn(5, 1, 2, dtype=torch.float64)
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x):
+            h, outs = None, []
+            for t in range(x.shape[0]):
+                out, h = self.cell(x[t : t + 1], h)
+                outs.append(out)
+            return torch.cat(outs)
+
+    cap = rnndiag.pytorch.capture(Loop(), x, lambda out: out.sum())
+    assert cap.names == ("cell", "cell#1", "cell#2", "cell#3", "cell#4")
+    assert not cap.modules[0].chained and all(m.chained for m in cap.modules[1:])
+    d = rnndiag.analyze(cap, module="cell#2")
+    assert any("step by step" in n for n in d.notes)

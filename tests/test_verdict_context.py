@@ -28,10 +28,11 @@ def test_stage_defaults_follow_where_the_weights_came_from(tmp_path):
     assert loaded.stage == "unknown"
     d = rnndiag.analyze(loaded, rng_x())
     assert d.stage == "unknown"
-    assert any("stage is unknown" in c for c in d.caveats) and d.confidence == "low"
+    assert d.looked_at.startswith("weights of unknown stage (pass --stage init|trained)")
     assert d.warnings and "probe loss" in d.warnings[0] and "rnndiag.pytorch.capture" in d.warnings[0]
     trained = rnndiag.analyze(loaded, rng_x(), stage="trained")
-    assert trained.stage == "trained" and not any("stage is unknown" in c for c in trained.caveats)
+    assert trained.stage == "trained" and trained.looked_at.startswith("trained weights")
+    assert not rnndiag.analyze(fresh, rng_x(), stage="trained").warnings  # not loaded: nothing to warn about
 
 
 def test_json_says_what_was_looked_at_in_its_first_keys():
@@ -101,17 +102,20 @@ def _last_step_grad(m, x, scale):
     return g
 
 
-def test_a_real_gradient_larger_than_the_parameters_reads_exploding_a_probe_never():
+def test_a_real_gradient_far_above_trained_parameters_reads_exploding_other_losses_never():
     m = rnndiag.init_model("gru", 2, 8, seed=0)
     x = rng_x()
     pnorm = np.sqrt(sum(float((v ** 2).sum()) for v in m.params.values()))
-    small = rnndiag.analyze(m, x, grad_h=_last_step_grad(m, x, 1e-3), loss_source="user")
+    small = rnndiag.analyze(m, x, grad_h=_last_step_grad(m, x, 1e-3), loss_source="user", stage="trained")
     assert small.rules[0].rule != "grad_norm"
-    big = rnndiag.analyze(m, x, grad_h=_last_step_grad(m, x, 1e4), loss_source="user")
+    big = rnndiag.analyze(m, x, grad_h=_last_step_grad(m, x, 1e4), loss_source="user", stage="trained")
     assert big.verdict == "exploding" and big.rules[0].rule == "grad_norm"
     assert big.rules[0].value > THRESHOLDS["grad_param_ratio"] and big.global_grad_norm > pnorm
-    task = rnndiag.analyze(m, x, grad_h=_last_step_grad(m, x, 1e4), loss_source="task")  # a random readout
-    assert task.rules[0].rule != "grad_norm"
+    assert "scales with the loss" in big.rules[0].text
+    for other in ({"loss_source": "task", "stage": "trained"}, {"loss_source": "given", "stage": "trained"},
+                  {"loss_source": "user", "stage": "init"}):  # a random readout, a caller's array, tiny init weights
+        d = rnndiag.analyze(m, x, grad_h=_last_step_grad(m, x, 1e4), **other)
+        assert d.rules[0].rule != "grad_norm", other
 
 
 def test_a_spike_over_earlier_captures_reads_exploding():

@@ -288,9 +288,8 @@ def analyze(model: RNNModel, x=None, *, loss: str = "last", grad_h=None, state0=
     the network, not the data. ``grad_h`` (T, B, H) is a task's gradient on the outputs, used as given.
     ``batch_sample``: which sequences get the Jacobian products and Lyapunov exponents -- ``"auto"`` (all when
     cheap, else as many as about twice the BPTT's cost allows), ``"all"``, a count, or a list of indices.
-    ``reortho_every``: steps between the Lyapunov frame's QR factorisations. The exponents do not depend on it in
-    exact arithmetic, but with more than one step the frame's columns can collapse before the QR (singular or
-    strongly contracting Jacobians: a dead ReLU unit's -inf exponent comes out finite), so the default is 1.
+    ``reortho_every``: steps between the Lyapunov frame's QR factorisations (default 1: with more, the frame can
+    collapse before the QR on contracting Jacobians, and a dead ReLU unit's -inf exponent comes out finite).
     ``loss_label`` names the loss in the results (default: ``probe (last)``, ``probe (all)`` or ``given grad_h``).
     ``lengths`` (B,): each sequence's own number of steps (a padded batch); each sequence's flow is then measured
     over its own steps, counted back from its own end. ``batch_first``: ``x`` (and ``grad_h``) are (B, T, ...).
@@ -311,16 +310,17 @@ def analyze(model: RNNModel, x=None, *, loss: str = "last", grad_h=None, state0=
     'vanishing'
     """
     from ..capture import Capture, analyze_capture
-    if isinstance(model, Capture) and x is None:
+    if isinstance(model, Capture):
+        _capture_holds(x=x, grad_h=grad_h, state0=state0, lengths=lengths, dropout_masks=dropout_masks,
+                       grad_state_n=grad_state_n, loss_label=loss_label, batch_first=batch_first or None,
+                       loss=None if loss == "last" else loss)
         return analyze_capture(model, module, stage=stage, dependency_length=dependency_length, seed=seed,
                                horizon_factor=horizon_factor, batch_sample=batch_sample, lyapunov_k=lyapunov_k,
                                lyapunov_warmup=lyapunov_warmup, reortho_every=reortho_every, q0=q0,
                                keep_trace=keep_trace)
-    if not isinstance(model, RNNModel):
-        raise TypeError(f"model must be an RNNModel (from init_model or load_weights) or a Capture; got "
-                        f"{type(model).__name__}")
-    if x is None:
-        raise TypeError("x, the input (T, B, I), is missing: analyze(model, x) (a Capture alone holds its own)")
+    if not isinstance(model, RNNModel) or x is None:
+        raise TypeError(f"model must be an RNNModel (from init_model or load_weights) with its input x (T, B, I), or "
+                        f"a Capture alone; got {type(model).__name__}{'' if x is not None else ' and no x'}")
     if batch_first:
         x, grad_h, dropout_masks = _time_major(x), _time_major(grad_h), \
             None if dropout_masks is None else [_time_major(m) for m in dropout_masks]
@@ -354,6 +354,14 @@ def analyze(model: RNNModel, x=None, *, loss: str = "last", grad_h=None, state0=
     measured = _measure_all(model, trace, settings, grad_h, probe_vectors(B, P, seed, D), seed)
     return _assemble(model, x, grad_h, state0, trace, settings, measured, _gradient_overflow(trace), ctx, seed,
                      keep_trace)
+
+
+def _capture_holds(**given) -> None:
+    """A TypeError naming the arguments of ``analyze`` that a capture already holds (its input and loss)."""
+    named = [k for k, v in given.items() if v is not None]
+    if named:
+        raise TypeError(f"analyze(capture) takes the input and the loss from the capture; do not pass "
+                        f"{', '.join(named)}")
 
 
 def _same_settings(settings: AnalysisSettings, lyapunov_k, q0) -> dict:
@@ -421,6 +429,12 @@ def _state_overflow(trace: Trace) -> NonFinite | None:
     return None
 
 
+def first_nonfinite_in(trace: Trace) -> NonFinite | None:
+    """Where a recorded run first stops being finite: its state going forward, else its gradient going back
+    (the last layer first, the latest step); None when all is finite."""
+    return _state_overflow(trace) or (_gradient_overflow(trace) if trace.layers[0].grad_h is not None else None)
+
+
 def _direction(trace: Trace, lt) -> int | None:
     return lt.direction if trace.model.bidirectional else None
 
@@ -465,14 +479,14 @@ def _assemble(model, x, grad_h, state0, trace, settings, measured, nonfinite, ct
         confidence="low" if caveats else "high", caveats=tuple(caveats),
         notes=tuple(_notes(model, settings, layers, lengths, B)),
         advice=tuple(advice(layers, model.cell, T, worst.verdict, clip, grad_norm_total, ctx.stage,
-                            ctx.dependency_length)),
+                            ctx.dependency_length, ctx.input_source == "user" and ctx.loss_source == "user")),
         rules=tuple(ld.rule for ld in layers), layers=tuple(layers), nonfinite=nonfinite,
         global_grad_norm=grad_norm_total, suggested_clip_norm=clip, settings=settings,
         trace=trace if keep_trace else None, bidirectional=model.bidirectional, proj_size=model.proj_size,
         source_dtype=model.source_dtype,
         sequence_lengths=None if lengths is None else tuple(int(n) for n in lengths), dropout=dropout,
         stage=ctx.stage, input_source=ctx.input_source, loss_source=ctx.loss_source,
-        dependency_length=ctx.dependency_length, warnings=tuple(_warnings(ctx)), input_label=ctx.input_label)
+        dependency_length=ctx.dependency_length, warnings=tuple(_warnings(ctx, model)), input_label=ctx.input_label)
 
 
 def _layer_diagnoses(model, trace, measured, nonfinite, ctx: _Context, T: int, grad_norm_total) -> list:
@@ -503,7 +517,7 @@ def _magnitudes(model: RNNModel, trace: Trace, lt, ctx: _Context) -> Magnitudes:
     grad_norm = global_norm(dict(enumerate(grads))) if grads else None
     biggest = max(float(np.max(np.abs(model.params[k]))) for k in names if k.startswith("weight_"))
     return Magnitudes(grad_norm, param_norm, biggest, 1.0 / math.sqrt(model.hidden_size),
-                      ctx.loss_source in ("user", "given"))
+                      ctx.loss_source == "user" and ctx.stage == "trained")
 
 
 def _notes(model, settings, layers, lengths, B: int) -> list[str]:
@@ -530,10 +544,10 @@ def _notes(model, settings, layers, lengths, B: int) -> list[str]:
     return notes
 
 
-def _warnings(ctx: _Context) -> list[str]:
-    """What the reader must know first: weights that are not fresh, diagnosed on synthetic input or a probe."""
+def _warnings(ctx: _Context, model: RNNModel) -> list[str]:
+    """What the reader must know first: loaded weights diagnosed on synthetic input or a probe loss."""
     out = []
-    if ctx.stage != "init" and (ctx.input_source == "synthetic" or ctx.loss_source == "probe"):
+    if model.loaded and ctx.stage != "init" and (ctx.input_source == "synthetic" or ctx.loss_source == "probe"):
         what = " and ".join(w for w, on in (("synthetic input", ctx.input_source == "synthetic"),
                                             ("a probe loss", ctx.loss_source == "probe")) if on)
         out.append(f"{'trained' if ctx.stage == 'trained' else 'loaded'} weights diagnosed on {what}: the numbers "
@@ -558,9 +572,6 @@ def _suggested_clip(model, x, grad_h, trace, state0) -> float | None:
 
 def _caveats(model, layers, verdict, T, ctx: _Context) -> list[str]:
     out = []
-    if ctx.stage == "unknown":
-        out.append("the weights' stage is unknown (loaded): the advice assumes weights at initialization; pass "
-                   "--stage trained (stage='trained') for advice about a trained run")
     if is_gated(model.cell) and verdict == "vanishing" and ctx.stage != "trained":
         out.append("gated cell: at these weights the gradient vanishes, but the gates can learn to hold memory "
                    "(forget/update gate towards 1); whether they will is not decidable from one snapshot -- "
@@ -581,8 +592,9 @@ def _exploded(sub: Diagnosis, nonfinite: NonFinite, T: int, dropped_final: bool 
     hit = RuleHit("non_finite", nonfinite.layer, "exploding", float(nonfinite.step), None,
                   f"the {nonfinite.kind} of layer {nonfinite.layer} became non-finite (overflow) at step "
                   f"{nonfinite.step}; the measurements cover steps 0..{nonfinite.step - 1}")
-    adv = (f"the state overflowed at step {nonfinite.step} of {T}: scale the recurrent weights down (orthogonal "
-           f"init, gain 1) and clip the global gradient norm", *sub.advice)
+    fix = "clip the global gradient norm and lower the learning rate" if sub.stage == "trained" else \
+        "scale the recurrent weights down (orthogonal init, gain 1) and clip the global gradient norm"
+    adv = (f"the state overflowed at step {nonfinite.step} of {T}: {fix}", *sub.advice)
     return dataclasses.replace(sub, seq_len=T, verdict="exploding", verdict_detail=f"exploded at step {nonfinite.step}",
                                nonfinite=nonfinite, rules=(hit, *sub.rules), advice=adv,
                                notes=(*sub.notes, f"measurements cover the {nonfinite.step} finite steps only",

@@ -10,8 +10,8 @@ rule                    fires when                                              
 ``chaotic``             top Lyapunov exponent > ``lyapunov_chaos`` and the fitted rate is positive    exploding
 ``weights``             a weight lies beyond ``weights_init_bound`` x the layer's init bound          exploding
                         1/sqrt(H) (the trace of earlier exploding updates)
-``grad_norm``           the real loss's parameter-gradient norm of a layer is above                   exploding
-                        ``grad_param_ratio`` x the norm of its parameters (not for probe/task losses)
+``grad_norm``           the user's loss's parameter-gradient norm of a layer (trained weights) is     exploding
+                        above ``grad_param_ratio`` x the norm of its parameters
 ``grad_spike``          the global gradient norm is above ``grad_spike`` x the median of at least     exploding
                         ``grad_spike_history`` earlier captures of the same run
 ``horizon``             the last-step gradient falls below ``horizon_factor`` of its value within     vanishing
@@ -59,7 +59,7 @@ class Magnitudes:
     param_norm: float  # the layer's parameter norm
     max_abs_weight: float  # the largest |w| of its weight matrices
     init_bound: float  # PyTorch's init bound 1/sqrt(H)
-    loss_is_real: bool  # the user's (or a given) loss: its gradient's size means something
+    loss_is_real: bool  # the user's loss on trained weights: its gradient's size against the weights means something
     global_norm: float | None = None  # the whole module's gradient norm (the top layer only: the spike rule)
     earlier_median: float | None = None  # median global norm of earlier captures, when there are enough
 
@@ -146,8 +146,8 @@ def magnitude_rule(layer: int, sizes: Magnitudes) -> RuleHit | None:
             g > th["grad_param_ratio"] * sizes.param_norm:
         return RuleHit("grad_norm", layer, "exploding", g / sizes.param_norm, th["grad_param_ratio"],
                        f"gradient norm {g:.3g} of the layer's parameters is {g / sizes.param_norm:.3g} x their norm "
-                       f"{sizes.param_norm:.3g} (> {th['grad_param_ratio']:g} x): one plain SGD step of learning "
-                       f"rate 1/{g / sizes.param_norm:.3g} would change them by their own size")
+                       f"{sizes.param_norm:.3g} (> {th['grad_param_ratio']:g} x; the ratio scales with the loss: a "
+                       f"sum over the batch or an AMP-scaled loss inflates it)")
     gn, med = sizes.global_norm, sizes.earlier_median
     if gn is not None and med is not None and med > 0 and gn > th["grad_spike"] * med:
         return RuleHit("grad_spike", layer, "exploding", gn / med, th["grad_spike"],
@@ -157,7 +157,8 @@ def magnitude_rule(layer: int, sizes: Magnitudes) -> RuleHit | None:
 
 
 def advice(diag_layers, cell: str, seq_len: int, verdict: str, suggested_clip: float | None,
-           global_norm: float | None, stage: str = "init", dependency_length: int | None = None) -> list[str]:
+           global_norm: float | None, stage: str = "init", dependency_length: int | None = None,
+           user_run: bool = False) -> list[str]:
     """Concrete advice, each line quoting the measurement behind it. At initialization (or an unknown stage)
     it speaks of initialization recipes; for trained weights of the observed run only (what the gates learned,
     where the gradient dies, what clipping would do)."""
@@ -166,12 +167,12 @@ def advice(diag_layers, cell: str, seq_len: int, verdict: str, suggested_clip: f
     for ld in diag_layers:
         tag = f"{ld.name}: " if len(diag_layers) > 1 else ""
         lines = _trained_advice(ld, cell, need, suggested_clip, global_norm) if stage == "trained" else \
-            _init_advice(ld, cell, need, suggested_clip)
+            _init_advice(ld, cell, need, suggested_clip, user_run)
         out.extend(tag + line for line in lines + _saturation_advice(ld))
     if verdict == "healthy" and not out:
         norm = f" at about {global_norm:.3g}" if global_norm else ""
-        out.append(f"no change needed for dependencies of {need} steps; keep global-norm clipping{norm} as a "
-                   f"safety net")
+        reach = f"dependencies of {need} steps" if need <= seq_len else f"the {seq_len} steps measured"
+        out.append(f"no change needed for {reach}; keep global-norm clipping{norm} as a safety net")
     return out
 
 
@@ -187,7 +188,7 @@ def _clip_line(suggested_clip: float | None, global_norm: float | None) -> str:
             f"truncated BPTT of the same loss){fires}")
 
 
-def _init_advice(ld, cell: str, need: int, suggested_clip: float | None) -> list[str]:
+def _init_advice(ld, cell: str, need: int, suggested_clip: float | None, user_run: bool = False) -> list[str]:
     sp, fl, gs = ld.spectrum, ld.flow, ld.gates
     gated, out, top = is_gated(cell), [], ld.lyapunov.top
     if ld.verdict == "vanishing":
@@ -200,9 +201,10 @@ def _init_advice(ld, cell: str, need: int, suggested_clip: float | None) -> list
             out.append(f"horizon {hz.steps} steps < {need} steps needed: use orthogonal init, or switch to LSTM/GRU "
                        f"for dependencies longer than {hz.steps} steps")
         else:
+            again = "capture your run again after some training" if user_run else \
+                "check again after some training (rnndiag train)"
             out.append(f"horizon {hz.steps} steps < {need} steps needed at these weights; a gated cell can learn to "
-                       f"open its gates -- check again after some training (rnndiag train) before changing the "
-                       f"architecture")
+                       f"open its gates -- {again} before changing the architecture")
     if ld.verdict == "exploding":
         bits = [f"sigma_max {sp.sigma_max:.3g}"]
         if math.isfinite(top):
@@ -244,7 +246,9 @@ def _trained_advice(ld, cell: str, need: int, suggested_clip: float | None, glob
             out.append("the weights have grown far beyond their start: restart from a checkpoint taken before they "
                        "did, with clipping on")
     elif memory and ld.verdict == "healthy":
-        out.append(memory.rstrip("; ") + f", and the gradient reaches the {need} steps needed: no change needed")
+        reach = f"the {need} steps needed" if need <= fl.horizon.steps or not fl.horizon.censored else \
+            f"all {fl.horizon.steps} steps measured (of the {need} needed)"
+        out.append(memory.rstrip("; ") + f", and the gradient reaches {reach}: no change needed")
     return out
 
 

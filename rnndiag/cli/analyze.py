@@ -85,7 +85,8 @@ def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
 
 
 def diagnose_capture(request: AnalyzeRequest):
-    """The capture's module on the user's input and loss: (Diagnosis, loss detail, input label, command args)."""
+    """The capture's module on the user's input and loss: (Diagnosis, loss detail, input label, command args, the
+    capture's facts for metrics.json)."""
     from ..capture import analyze_capture, load_capture
     from .analyze_data import check_analysis_memory, layer_traces
 
@@ -100,8 +101,13 @@ def diagnose_capture(request: AnalyzeRequest):
     detail = (f"the user's loss, captured{f' at iteration {cap.iteration}' if cap.iteration is not None else ''}"
               f"{f' (value {cap.loss_value:.6g})' if cap.loss_value is not None else ''}: its gradient on the "
               f"module's output and final states, replayed exactly")
-    args = ["--capture", str(request.capture), *(["--module", request.model.module] if request.model.module else [])]
-    return diag, detail, diag.input_label, args
+    args = ["--capture", str(request.capture), *(["--module", request.model.module] if request.model.module else []),
+            *(["--seed", str(request.model.seed)] if request.model.seed else [])]
+    facts = {"file": str(request.capture), "module": mc.name, "modules": list(cap.names), "iteration": cap.iteration,
+             "loss_value": cap.loss_value, "torch_version": cap.torch_version, "recorded_by": cap.rnndiag_version,
+             "packed": mc.packed, "batch_first": mc.batch_first, "train_mode": mc.training,
+             "weights_dtype": mc.weights_dtype}
+    return diag, detail, diag.input_label, args, facts
 
 
 @click.command("analyze")
@@ -179,7 +185,8 @@ def analyze_cmd(**opts):
                           *(["--dependency-length", str(request.dependency_length)] if request.dependency_length
                             else []),
                           *(["--dtype", request.model.dtype] if request.model.dtype else [])])
-    metrics = {**diag.to_dict(), "loss_detail": run.loss_detail, "input": run.input_label, "command": command}
+    metrics = {**diag.to_dict(), "loss_detail": run.loss_detail, "input": run.input_label, "command": command,
+               **({"capture": run.capture} if run.capture else {})}
     config = {"model_label": run.model_label, "command": command, "rows": [
         ("looked at", diag.looked_at), ("model", run.model_label), ("cell", diag.cell),
         ("input size", diag.input_size), ("hidden size", diag.hidden_size), ("layers", diag.num_layers),
@@ -210,6 +217,7 @@ class _Analysed:
     command_args: tuple[str, ...]
     model_s: float
     analysis_s: float
+    capture: dict | None = None  # the capture file's header facts, for metrics.json
 
 
 def _run_model(request: AnalyzeRequest, console) -> _Analysed:
@@ -236,6 +244,6 @@ def _run_capture(request: AnalyzeRequest, console) -> _Analysed:
     """A capture's module on the user's input and loss."""
     t0 = time.perf_counter()
     with console.status("replaying the captured BPTT and analysing...", spinner="dots"):
-        diag, detail, label, args = diagnose_capture(request)
+        diag, detail, label, args, facts = diagnose_capture(request)
     model_label = f"{diag.architecture} from capture {request.capture}"
-    return _Analysed(diag, detail, label, model_label, tuple(args), 0.0, time.perf_counter() - t0)
+    return _Analysed(diag, detail, label, model_label, tuple(args), 0.0, time.perf_counter() - t0, facts)
