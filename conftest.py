@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib.util
 
 # "rnndiag/<module>.py" -> the module it imports at load time, e.g. "torch"
-NEEDS_EXTRA: dict[str, str] = {"rnndiag/pytorch/__init__.py": "torch", "rnndiag/pytorch/recorder.py": "torch"}
+NEEDS_EXTRA: dict[str, str] = {"rnndiag/pytorch/__init__.py": "torch", "rnndiag/pytorch/recorder.py": "torch",
+                               "rnndiag/pytorch/watch.py": "torch"}
 
 collect_ignore = ["rnndiag/__main__.py"]  # importing it runs the command line
 collect_ignore += [path for path, module in NEEDS_EXTRA.items() if importlib.util.find_spec(module) is None]

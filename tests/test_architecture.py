@@ -25,7 +25,8 @@ EXAMPLES_DIR = ROOT / "examples"
 # pyproject.toml's [project.optional-dependencies] that installs what they import, e.g. {"rnndiag/pytorch.py":
 # "torch"} (list them in the root conftest.py's NEEDS_EXTRA too). Every other module imports torch inside the
 # function that needs it (as rnndiag/weights.py does for .pt files).
-INTEGRATIONS: dict[str, str] = {"rnndiag/pytorch/__init__.py": "torch", "rnndiag/pytorch/recorder.py": "torch"}
+INTEGRATIONS: dict[str, str] = {"rnndiag/pytorch/__init__.py": "torch", "rnndiag/pytorch/recorder.py": "torch",
+                                "rnndiag/pytorch/watch.py": "torch"}
 HEAVY = ("torch", "dask", "distributed")
 
 # `python -m rnndiag` has to reach the CLI, so this entry point is the one file outside the CLI package that may

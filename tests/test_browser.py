@@ -327,3 +327,48 @@ def test_a_report_says_first_what_it_looked_at(browser, tmp_path):
     assert seen["warn"].startswith("Warning: loaded weights diagnosed on synthetic input") and seen["visible"]
     assert seen["yLook"] < seen["yWarn"] < seen["yVerdict"], seen
     assert seen["bold"] == 0  # the file name <b>w.npz is escaped, not markup
+
+
+@pytest.fixture(scope="module")
+def run_report(tmp_path_factory) -> Path:
+    """report.html of `rnndiag report` on a small run recorded with rnndiag.pytorch.watch (a 2-layer LSTM whose
+    module name holds markup characters, and a GRU)."""
+    torch = pytest.importorskip("torch", reason="a watched run needs torch")
+    import rnndiag.pytorch
+
+    base = tmp_path_factory.mktemp("browser-run")
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"lstm": torch.nn.LSTM(3, 8, 2), "gru": torch.nn.GRU(8, 5)})
+
+    def forward(x):
+        return model["gru"](model["lstm"](x)[0])[0]
+
+    model.forward = forward
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with rnndiag.pytorch.watch(model, base / "run", every=4, optimizer=opt):
+        for _ in range(9):
+            loss = model(torch.randn(12, 4, 3)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            opt.step()
+    res = invoke(["report", base / "run", "--out", base / "out", "--format", "html", "--quiet"])
+    assert_clean_exit(res, "run report")
+    return base / "out" / "report.html"
+
+
+def test_run_report_renders_offline_in_chromium(browser, run_report, tmp_path):
+    seen = _load(browser, run_report, tmp_path / "run.png")
+    assert seen["images"] and all(i["complete"] and i["w"] > 0 and i["h"] > 0 for i in seen["images"]), seen
+    assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["outside"] == []
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(run_report.resolve().as_uri(), wait_until="load")
+        text = page.evaluate("() => document.body.innerText")
+    finally:
+        context.close()
+    first = [line for line in text.splitlines() if line.strip()][:4]
+    assert any(line.startswith("Looked at") or "looked at" in line.lower() for line in first), first
+    for expected in ("lstm", "gru", "verdict"):
+        assert expected in text, expected

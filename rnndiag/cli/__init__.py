@@ -18,6 +18,7 @@ from .._validation import one_line
 from .._version import __version__
 from .analyze import analyze_cmd
 from .compare import clip_cmd, init_cmd
+from .report import report_cmd
 from .train import train_cmd
 
 __all__ = ["main"]
@@ -83,8 +84,10 @@ def main():
       rnndiag analyze                              # the built-in demo
       rnndiag analyze --weights lstm.pt            # your trained nn.LSTM state_dict
       rnndiag analyze --cell gru --hidden-size 128 --init orthogonal --task copy --seq-len 200
+      rnndiag analyze --capture capture.npz        # your run: rnndiag.pytorch.capture(...).save(...)
+      rnndiag report runs/lm                       # a run recorded with rnndiag.pytorch.watch
     """
 
 
-for command in (analyze_cmd, init_cmd, clip_cmd, train_cmd):
+for command in (analyze_cmd, init_cmd, clip_cmd, train_cmd, report_cmd):
     main.add_command(command)

@@ -16,5 +16,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("rnndiag.pytorch needs PyTorch: pip install 'rnndiag[torch]' (torch==2.13.0)") from exc
 
 from .recorder import RECURRENT_TYPES, RecordedCall, Recorder, capture, recurrent_modules
+from .watch import Watch, unwatch, watch
 
-__all__ = ["RECURRENT_TYPES", "RecordedCall", "Recorder", "capture", "recurrent_modules"]
+__all__ = ["RECURRENT_TYPES", "RecordedCall", "Recorder", "Watch", "capture", "recurrent_modules", "unwatch", "watch"]
