@@ -86,6 +86,10 @@ class RecordedCall:
                                "(e.g. out.mul_(2), masked_fill_, an inplace ReLU or Dropout on it): the replay would "
                                "be wrong; use the out-of-place form (out = out * 2) on the recurrent module's output")
 
+    def release(self) -> None:
+        """Forget the tensors (input, state, outputs): the call's record is finished."""
+        self.x = self.hx = self.output = self.h_n = self.c_n = None
+
     def copy_weights(self) -> dict[str, np.ndarray]:
         return {k: _numpy(v) for k, v in self.module.named_parameters()}
 

@@ -64,6 +64,7 @@ class _Iteration:
     norms2: dict[str, float] = field(default_factory=dict)  # "module.param" -> squared gradient norm
     bad_params: list[str] = field(default_factory=list)  # parameters whose gradient was not finite, in order
     clip: dict | None = None  # the gradient norm the optimizer stepped with (optimizer given)
+    handles: list = field(default_factory=list)  # the multi-grad hooks on its calls' outputs
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -168,7 +169,7 @@ class Watch:
             by_target = dict(zip(map(id, targets), grads))
             it.grads[position] = [by_target.get(id(t)) for t in call.grad_targets()]
 
-        torch.autograd.graph.register_multi_grad_hook(targets, keep, mode="all")
+        it.handles.append(torch.autograd.graph.register_multi_grad_hook(targets, keep, mode="all"))
 
     def _param_hook(self, name: str, module: nn.Module):
         def hook(grad):
@@ -227,11 +228,15 @@ class Watch:
             if nonfinite:
                 line["nonfinite"].update(where)
         if nonfinite:
+            if not self.nonfinite_events:  # the first one warns; later ones are in the log (and the report)
+                warnings.warn(_nonfinite_message(it.index, line["nonfinite"], line["capture"]), RuntimeWarning,
+                              stacklevel=2)
             self.nonfinite_events.append({"iteration": it.index, **line["nonfinite"]})
-            warnings.warn(_nonfinite_message(it.index, line["nonfinite"]), RuntimeWarning, stacklevel=2)
         for name, value in norms.items():
             if value is not None and not skipped:
                 self.history.setdefault(name, []).append(value)
+        _release(it)
+        self.recorder.clear()
         self._log.write(json.dumps(jsonable(line), allow_nan=False) + "\n")
         self._log.flush()
 
@@ -287,22 +292,36 @@ class Watch:
         analyze_capture_cached(self.log_dir / rel)
 
 
+def _release(it: _Iteration) -> None:
+    """Drop the iteration's hooks and tensors: a hook on an output's grad_fn that refers back to the output is a
+    cycle through autograd's C++ objects, which Python's garbage collector cannot free (the graph would leak)."""
+    for handle in it.handles:
+        handle.remove()
+    for call in it.calls:
+        call.release()
+    it.handles.clear()
+    it.calls.clear()
+    it.grads.clear()
+
+
 def _total(values) -> float | None:
     vals = [v for v in values if v is not None]
     return math.sqrt(sum(v * v for v in vals)) if vals and len(vals) == len(list(values)) else None
 
 
-def _nonfinite_message(index: int, info: dict) -> str:
+def _nonfinite_message(index: int, info: dict, capture: str | None) -> str:
+    """The warning of the first non-finite gradient: where it appeared, and what was captured."""
+    where = ""
     if "step" in info:
         where = (f"; the replay finds the {info['kind']} of {info['module']} layer {info['layer']} "
-                 f"({info['direction']}) non-finite first at time step {info['step']}; the capture of that "
-                 "iteration is in the run folder")
-    elif info.get("not_captured"):
-        where = ("; the loss's gradient on the recurrent module's output was itself not finite (the loss or the "
-                 "layers after the module overflowed first), so that iteration could not be captured")
-    else:
-        where = "; the capture of that iteration is in the run folder"
-    return f"rnndiag.watch: the gradient of {info['first_parameter']} is not finite at iteration {index}{where}"
+                 f"({info['direction']}) non-finite first at time step {info['step']}")
+    if info.get("not_captured"):
+        where += ("; the loss's gradient on the recurrent module's output was itself not finite (the loss or the "
+                  "layers after the module overflowed first), so that iteration could not be captured")
+    elif capture is not None:
+        where += f"; the iteration is captured in {capture}"
+    return (f"rnndiag.watch: the gradient of {info['first_parameter']} is not finite at iteration {index}{where} "
+            "(later non-finite iterations are logged in iterations.jsonl without a warning)")
 
 
 def _open_run(log_dir: Path, resume: bool, header: dict) -> int:
