@@ -18,33 +18,12 @@ import math
 
 import numpy as np
 import pytest
-from numpy.polynomial.hermite_e import hermegauss
 
 import rnndiag
 from rnndiag.analysis import lyapunov_spectrum
+from rnndiag.analysis.meanfield import fixed_point_variance, gauss_expect, mean_field_exponent
 
 N, T, WARMUP = 1000, 500, 100
-
-
-def gauss_expect(fn, q: float, nodes: int = 301) -> float:
-    """``E[fn(sqrt(q) z)]``, z ~ N(0, 1), by Gauss-Hermite (probabilists') quadrature; tanh and sech^4 are far
-    from polynomials, so many nodes: 301 nodes give lambda_MF(g = 3) to ~1e-7 (121 nodes: 2e-3 off)."""
-    z, w = hermegauss(nodes)
-    return float(np.sum(w * fn(math.sqrt(q) * z)) / math.sqrt(2.0 * math.pi))
-
-
-def mean_field_exponent(g: float) -> tuple[float, float]:
-    """(lambda_MF, q*) for gain g > 1, q* by fixed-point iteration from q = g^2."""
-    q = g * g
-    for _ in range(10_000):
-        q_new = g * g * gauss_expect(lambda a: np.tanh(a) ** 2, q)
-        if abs(q_new - q) < 1e-14:
-            break
-        q = q_new
-    else:
-        raise AssertionError("q* did not converge")
-    sech4 = gauss_expect(lambda a: 1.0 / np.cosh(a) ** 4, q)
-    return 0.5 * math.log(g * g * sech4), q
 
 
 def random_network(g: float, seed: int = 0):
@@ -61,7 +40,7 @@ def random_network(g: float, seed: int = 0):
 def test_mean_field_helper():
     """Sanity of the quadrature: E[z^2] = 1, and q* solves its equation; q* = 0 below g = 1."""
     assert gauss_expect(lambda a: a**2, 1.0) == pytest.approx(1.0, rel=1e-12)
-    lam, q = mean_field_exponent(2.0)
+    lam, q = mean_field_exponent(2.0), fixed_point_variance(2.0)
     assert q == pytest.approx(4.0 * gauss_expect(lambda a: np.tanh(a) ** 2, q), rel=1e-12)
     assert 0 < lam < math.log(2.0)
 
@@ -86,6 +65,6 @@ def test_chaotic_random_network_top_exponent_matches_mean_field(g):
     lt = tr.layers[0]
     assert np.abs(lt.h[-1]).max() > 0.1  # still active: chaos, not decay
     ly = lyapunov_spectrum(lt, [0], k=1, warmup=WARMUP)
-    lam_mf, _ = mean_field_exponent(g)
+    lam_mf = mean_field_exponent(g)
     assert ly.top > 0
     assert ly.top == pytest.approx(lam_mf, rel=0.10)

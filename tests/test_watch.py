@@ -225,3 +225,15 @@ def test_watch_leaves_the_model_and_its_gradients_as_they_would_be(tmp_path):
     for (k, a), (_, b) in zip(plain.named_parameters(), watched.named_parameters()):
         assert torch.equal(a.grad, b.grad), k
     assert not watched.rnn._forward_hooks and not watched._forward_pre_hooks
+
+
+def test_watch_frees_each_iteration(tmp_path):
+    """Hooks on an output's grad_fn that refer back to the output form a cycle through autograd's C++ objects:
+    each iteration's records must be released, or every iteration's graph leaks."""
+    import gc
+
+    from rnndiag.pytorch.recorder import RecordedCall
+
+    train_lm(tmp_path / "run", steps=6)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is RecordedCall]

@@ -19,6 +19,7 @@ from .._version import __version__
 from .analyze import analyze_cmd
 from .compare import clip_cmd, init_cmd
 from .report import report_cmd
+from .sweep import sweep_cmd
 from .train import train_cmd
 
 __all__ = ["main"]
@@ -89,5 +90,5 @@ def main():
     """
 
 
-for command in (analyze_cmd, init_cmd, clip_cmd, train_cmd, report_cmd):
+for command in (analyze_cmd, init_cmd, clip_cmd, train_cmd, report_cmd, sweep_cmd):
     main.add_command(command)
