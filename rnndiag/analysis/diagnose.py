@@ -463,7 +463,9 @@ def _assemble(model, x, grad_h, state0, trace, settings, measured, nonfinite, ct
     grad_norm_total = global_norm(trace.param_grads)
     grad_norm_total = grad_norm_total if math.isfinite(grad_norm_total) else None
     layers = _layer_diagnoses(model, trace, measured, nonfinite, ctx, T, grad_norm_total)
-    worst = max(layers, key=lambda ld: SEVERITY[ld.verdict])
+    # the worst layer: exploding > vanishing > healthy; among vanishing layers the shortest horizon
+    worst = max(layers, key=lambda ld: (SEVERITY[ld.verdict],
+                                        -ld.flow.horizon.steps if ld.verdict == "vanishing" else 0))
     clip = _suggested_clip(model, x, grad_h, trace, state0) if worst.verdict == "exploding" else None
     caveats = _caveats(model, layers, worst.verdict, T, ctx)
     if model.num_layers > 1:
