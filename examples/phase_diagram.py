@@ -10,7 +10,10 @@ g = 1 (the state decays to 0, where the Jacobian is W itself), and above it the 
 The script runs the sweep through the command line (its report and database go to
 ``reports/phase-<time>/``), then checks, from the sweep's metrics.json:
 
-* for g <= 0.9 the measured top exponent (median over seeds) is within 0.02 of ln g, for both schemes;
+* for g <= 0.9 the measured top exponent (median over seeds) is within 0.02 of ln g for the orthogonal scheme
+  (whose spectral radius is g exactly); for the Gaussian one it is within 0.02 of ln rho(W), the exact exponent
+  of a decayed finite network -- ln g is its N -> infinity limit, and at N = 256 the edge of the Gaussian
+  spectrum lies above g: measured +0.026 to +0.027 above ln g (median of 4 seeds; +0.013 to +0.061 per seed);
 * for the Gaussian case it is within 0.02 of the mean-field value at g = 1.5, 2 and 3, and changes sign
   between g = 0.95 and g = 1.25;
 
@@ -55,17 +58,35 @@ def medians(metrics: dict) -> dict[tuple[str, float], float]:
     return {(init, float(g)): z for init, row in zip(table["y"], table["z"]) for g, z in zip(table["x"], row)}
 
 
-def check(measured: dict, quick: bool) -> list[str]:
+def log_radius(metrics: dict) -> dict[tuple[str, float], float]:
+    """(init, gain) -> the median over seeds of ln rho(W_hh): the exact top exponent of a decayed network."""
+    out: dict[tuple[str, float], list] = {}
+    for p in metrics["points"]:
+        if p["status"] == "done" and p.get("spectral_radius"):
+            out.setdefault((p["init"], float(p["gain"])), []).append(math.log(p["spectral_radius"]))
+    return {k: sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1 : len(v) // 2 + 1]) / 2
+            for k, v in out.items()}
+
+
+def check(measured: dict, radius: dict, quick: bool) -> list[str]:
+    """The predictions: ln g below g = 1 (N -> inf; at finite N the decayed network's exponent is ln rho(W),
+    whose edge lies above g by O(N^-1/2) for a Gaussian matrix: both are printed), the mean-field value above."""
     failures = []
-    console.print(f"{'init':>14} {'gain':>5} {'measured':>9} {'predicted':>10} {'diff':>7}")
+    console.print(f"{'init':>14} {'gain':>5} {'measured':>9} {'predicted':>10} {'diff':>7} {'ln rho(W)':>10} "
+                  f"{'diff':>7}")
     for (init, g), lam in sorted(measured.items()):
         pred = math.log(g) if g <= 1 else (mean_field_exponent(g) if init == "xavier_normal" else None)
         diff = None if pred is None or lam is None else lam - pred
+        rho = radius.get((init, g)) if g <= 1 else None
         console.print(f"{init:>14} {g:5.2f} {lam:+9.4f} {'' if pred is None else f'{pred:+10.4f}'} "
-                      f"{'' if diff is None else f'{diff:+7.4f}'}")
-        judged = g <= 0.9 or (init == "xavier_normal" and g in (1.5, 2.0, 3.0))
-        if judged and diff is not None and abs(diff) > TOL:
-            failures.append(f"{init} g = {g}: measured {lam:+.4f}, predicted {pred:+.4f} (off by {diff:+.4f})")
+                      f"{'' if diff is None else f'{diff:+7.4f}'} {'' if rho is None else f'{rho:+10.4f}'} "
+                      f"{'' if rho is None else f'{lam - rho:+7.4f}'}")
+        if g <= 0.9 and init == "orthogonal" and abs(diff) > TOL:  # rho = g exactly
+            failures.append(f"orthogonal g = {g}: measured {lam:+.4f}, ln g {pred:+.4f} (off by {diff:+.4f})")
+        if g <= 0.9 and init == "xavier_normal" and abs(lam - rho) > TOL:
+            failures.append(f"Gaussian g = {g}: measured {lam:+.4f}, ln rho(W) {rho:+.4f}")
+        if init == "xavier_normal" and g in (1.5, 2.0, 3.0) and abs(diff) > TOL:
+            failures.append(f"Gaussian g = {g}: measured {lam:+.4f}, mean field {pred:+.4f} (off by {diff:+.4f})")
     gauss = sorted((g, lam) for (init, g), lam in measured.items() if init == "xavier_normal")
     crossing = [(a, b) for (a, la), (b, lb) in itertools.pairwise(gauss) if la < 0 <= lb]
     where = f"between g = {crossing[0][0]} and {crossing[0][1]}" if crossing else "nowhere"
@@ -87,7 +108,7 @@ def main() -> int:
             f"hidden_size={s['hidden']}", f"seq_len={s['seq_len']}", "batch_size=4", "cell=rnn_tanh"]
     zero = sweep(folder, "zero-input", [*base, "input_scale=0"], formats)
     console.print(f"zero input: {zero['counts']['done']} points in {zero['wall_s']:.1f} s ({zero['mode']})")
-    failures = check(medians(zero), args.quick)
+    failures = check(medians(zero), log_radius(zero), args.quick)
     task = sweep(folder, "adding-inputs", [f"gain={s['gains']}", "init=xavier_normal", "seed=0",
                                            f"hidden_size={s['hidden']}", f"seq_len={s['seq_len']}", "batch_size=4",
                                            "task=adding"], formats)
