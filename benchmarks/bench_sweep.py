@@ -95,7 +95,10 @@ def _cluster(grid, workers: int) -> tuple[float, float]:
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}  # as rnndiag.sweep.run's own clusters (see engine._connect)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
     client.wait_for_workers(workers)

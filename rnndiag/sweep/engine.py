@@ -168,7 +168,14 @@ def _connect(client, workers, scheduler):
             raise SweepError(f"cannot reach the Dask scheduler at {scheduler!r} within {CONNECT_TIMEOUT} s "
                              f"({type(exc).__name__}); check the address and that `dask scheduler` runs") from None
     n = workers or max(1, os.cpu_count() or 1)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    # Dask's workers get MALLOC_TRIM_THRESHOLD_=65536 by default: glibc then hands freed memory back at once, and
+    # numpy-heavy points that allocate and free large arrays pay page faults (+17% per 1 s point measured here).
+    # The points are short-lived: rnndiag keeps glibc's default, and one BLAS/OpenMP thread per worker.
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    environ.update({"OMP_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1, "MKL_NUM_THREADS": 1})
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
     return Client(cluster), cluster, f"local cluster of {n} worker process(es)"
 
