@@ -29,6 +29,7 @@ import subprocess
 import sys
 
 import torch
+from _charlm import CharLM, batches
 from _shared import DEFAULT_REPORTS, console, fresh_report_dir
 from torch import nn
 
@@ -38,26 +39,6 @@ TEXT = ("the quick brown fox jumps over the lazy dog. " * 3 +
         "recurrent networks carry a state from step to step; their gradients flow back through every step, "
         "and they vanish or explode when the product of the step jacobians shrinks or grows. ") * 4
 SEQ_LEN, BATCH, HIDDEN, EMBED = 60, 16, 64, 16
-
-
-class CharLM(nn.Module):
-    def __init__(self, vocab: int):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, EMBED)
-        self.rnn = nn.LSTM(EMBED, HIDDEN, num_layers=2, batch_first=True)
-        self.out = nn.Linear(HIDDEN, vocab)
-
-    def forward(self, tokens):
-        h, _ = self.rnn(self.emb(tokens))
-        return self.out(h)
-
-
-def batches(ids: torch.Tensor, generator: torch.Generator):
-    """Random windows of the text: inputs and next-character targets, (B, T) each."""
-    while True:
-        start = torch.randint(0, ids.numel() - SEQ_LEN - 1, (BATCH,), generator=generator)
-        window = torch.stack([ids[s : s + SEQ_LEN + 1] for s in start.tolist()])
-        yield window[:, :-1], window[:, 1:]
 
 
 def analyse(capture_file, out_dir, formats: str) -> dict:
@@ -78,9 +59,9 @@ def main() -> None:
     torch.manual_seed(0)
     vocab = sorted(set(TEXT))
     ids = torch.tensor([vocab.index(c) for c in TEXT])
-    model = CharLM(len(vocab))
+    model = CharLM(len(vocab), EMBED, HIDDEN)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    data = batches(ids, torch.Generator().manual_seed(0))
+    data = batches(ids, BATCH, SEQ_LEN, torch.Generator().manual_seed(0))
     folder = fresh_report_dir(args.reports, "capture")
     captures = {}
     for step in range(steps + 1):

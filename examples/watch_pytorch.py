@@ -45,6 +45,7 @@ import sys
 import time
 
 import torch
+from _charlm import CharLM, batches
 from _shared import DEFAULT_REPORTS, console, fresh_report_dir
 from torch import nn
 
@@ -61,26 +62,6 @@ TEXT = (
     "lets the gradient through, a forget gate near zero erases both. "
 ) * 3
 CLIP = 0.5
-
-
-class CharLM(nn.Module):
-    def __init__(self, vocab: int, embed: int, hidden: int):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, embed)
-        self.rnn = nn.LSTM(embed, hidden, num_layers=2, batch_first=True)
-        self.out = nn.Linear(hidden, vocab)
-
-    def forward(self, tokens):
-        h, _ = self.rnn(self.emb(tokens))
-        return self.out(h)
-
-
-def batches(ids: torch.Tensor, batch: int, seq_len: int, generator: torch.Generator):
-    """Random windows of the text: inputs and next-character targets, (B, T) each."""
-    while True:
-        start = torch.randint(0, ids.numel() - seq_len - 1, (batch,), generator=generator)
-        window = torch.stack([ids[s : s + seq_len + 1] for s in start.tolist()])
-        yield window[:, :-1], window[:, 1:]
 
 
 def train(run_dir, iterations: int, every: int, sizes: dict) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from ._version import __version__
 from .files import write_atomic
+from .jsonsafe import finite_or_none
 from .npyfile import ArrayFileError, NpzArchive
 
 CAPTURE_FORMAT = 1  # the version of the file layout below; a reader refuses any other
@@ -189,7 +189,7 @@ class Capture:
 
     def header(self) -> dict:
         return {"format": CAPTURE_FORMAT, "kind": "rnndiag capture", "iteration": self.iteration,
-                "stage": self.stage, "loss_value": _finite(self.loss_value),
+                "stage": self.stage, "loss_value": finite_or_none(self.loss_value),
                 "grad_norm_history": [float(v) for v in self.grad_norm_history],
                 "module_grad_norm_history": {k: [float(v) for v in vs]
                                              for k, vs in self.module_grad_norm_history.items()},
@@ -217,10 +217,6 @@ class Capture:
             for key, value in m.params.items():
                 arrays[f"m{i}.param.{key}"] = np.ascontiguousarray(value)
         return write_atomic(path, lambda fh: np.savez(fh, **arrays))
-
-
-def _finite(v):
-    return None if v is None or not math.isfinite(float(v)) else float(v)
 
 
 def _arch_line(m: ModuleCapture) -> str:
@@ -291,7 +287,7 @@ def _read(archive: NpzArchive, what: str) -> Capture:
         entries = list(header["modules"])
         modules = tuple(_read_module(archive, what, i, e) for i, e in enumerate(entries))
         return Capture(modules, _opt_int(header.get("iteration")), stage_of(None, header.get("stage", "unknown")),
-                       _finite(header.get("loss_value")),
+                       finite_or_none(header.get("loss_value")),
                        tuple(float(v) for v in header.get("grad_norm_history", [])), header.get("torch_version"),
                        str(header.get("rnndiag_version", "unknown")), what,
                        {str(k): tuple(float(v) for v in vs)

@@ -65,6 +65,7 @@ class _Iteration:
     bad_params: list[str] = field(default_factory=list)  # parameters whose gradient was not finite, in order
     clip: dict | None = None  # the gradient norm the optimizer stepped with (optimizer given)
     handles: list = field(default_factory=list)  # the multi-grad hooks on its calls' outputs
+    expected: int | None = None  # parameters whose gradients the backward will report (counted at the first)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -184,7 +185,9 @@ class Watch:
                         if call.params is None:
                             call.params = call.copy_weights()
                 it.bad_params.append(name)
-            if self.optimizer is None and self.scaler is None and len(it.norms2) == self._expected(it):
+            if it.expected is None:  # the forward is over: every call of this iteration is known
+                it.expected = self._expected(it)
+            if self.optimizer is None and self.scaler is None and len(it.norms2) == it.expected:
                 self._finish()
         return hook
 

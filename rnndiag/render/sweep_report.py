@@ -4,8 +4,6 @@ failed points -- drawn from the sweep's metrics dict alone."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
@@ -134,6 +132,3 @@ def sweep_summary(console: Console, metrics: dict, report_path: str | None) -> N
     if report_path:
         console.print(Text("report: ", style="bold").append(report_path))
 
-
-def finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

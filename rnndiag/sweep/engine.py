@@ -15,7 +15,6 @@ failed with "worker died running this point", the worker's memory limit and the 
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 
 from threadpoolctl import threadpool_limits
 
+from ..memory import format_bytes
 from .db import SweepDB
 from .grid import DEFAULT_MAX_POINTS, check_size, points
 
@@ -54,11 +54,6 @@ class Progress:
         """Points finished (done or failed) per second in this run."""
         elapsed = time.perf_counter() - self.started
         return (self.done + self.failed) / elapsed if elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        left = self.total - self.skipped - self.done - self.failed
-        return left / self.rate if self.rate > 0 else None
 
 
 @dataclass(frozen=True)
@@ -230,21 +225,11 @@ def _run_dask(db, todo, point_fn, state, client, workers, scheduler, blas_thread
 
 def _died(client, params, memory_estimate, attempts: int) -> str:
     limits = {w.get("memory_limit") for w in client.scheduler_info().get("workers", {}).values()}
-    limit = ", ".join(_bytes(v) for v in sorted(v for v in limits if v)) or "none set"
+    limit = ", ".join(format_bytes(v) for v in sorted(v for v in limits if v)) or "none set"
     est = ""
     if memory_estimate is not None:
         try:
-            est = f"; the point's estimated memory {_bytes(memory_estimate(params))}"
+            est = f"; the point's estimated memory {format_bytes(memory_estimate(params))}"
         except Exception:  # an estimate that fails only costs the hint
             est = ""
     return f"worker died running this point ({attempts} attempt(s)); worker memory limit {limit}{est}"
-
-
-def _bytes(n) -> str:
-    if not n or not math.isfinite(n):
-        return "unknown"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"

@@ -144,8 +144,8 @@ def ranking(rows: list[dict], grid: Mapping[str, list], limit: int = 20) -> list
         verdict = max(set(verdicts), key=lambda v: (verdicts.count(v), SEVERITY[v]))
         lam = _median([v for r in rs if (v := metric_value(r, "lyapunov_top")) is not None])
         out.append({"params": json.loads(key), "points": len(rs), "verdict": verdict,
-                    "horizon_fraction": _median([metric_value(r, "horizon_fraction") for r in rs
-                                                 if metric_value(r, "horizon_fraction") is not None]),
+                    "horizon_fraction": _median(
+                        [v for r in rs if (v := metric_value(r, "horizon_fraction")) is not None]),
                     "lyapunov_top": lam, "final_test_loss": _median(
                         [v for r in rs if (v := metric_value(r, "final_test_loss")) is not None])})
     trained = any(o["final_test_loss"] is not None for o in out)
