@@ -63,6 +63,7 @@ class InitResult:
     trained: TrainResult | None = field(default=None, repr=False)
     after: Diagnosis | None = None
     note: str | None = None  # e.g. "learned although the gradient vanished at initialization"
+    forecast: object | None = None  # rnndiag.forecast.Forecast, with ``forecast_steps``
 
     @property
     def final_loss(self) -> float | None:
@@ -75,6 +76,8 @@ class InitResult:
 
     def to_dict(self) -> dict:
         d = {"scheme": self.scheme, "label": self.label, "at_init": summarize(self.at_init), "note": self.note}
+        if self.forecast is not None:
+            d["forecast"] = self.forecast.to_dict()
         if self.trained is not None:
             h = self.trained.history
             d["training"] = {"steps": h.iterations, "final_test_loss": finite_or_none(self.final_loss),
@@ -129,8 +132,10 @@ class InitComparison:
 def compare_inits(cell: str, input_size: int, hidden_size: int, *, schemes, num_layers: int = 1, task: str = "adding",
                   seq_len: int = 100, batch_size: int = 32, seed: int = 0, gain: float | None = None,
                   forget_bias: float | None = None, train_steps: int = 0, train_kwargs: dict | None = None,
-                  progress: Callable[[str], None] | None = None) -> InitComparison:
-    """Diagnose each initialization scheme (and train it for ``train_steps`` when > 0); ranked, best first."""
+                  progress: Callable[[str], None] | None = None, forecast_steps: int = 0) -> InitComparison:
+    """Diagnose each initialization scheme (and train it for ``train_steps`` when > 0, and forecast whether it
+    trains within ``forecast_steps`` when > 0); ranked, best first: by the training's final loss, else by the
+    forecast's probability, else by the diagnosis at initialization."""
     results = []
     for scheme in schemes:
         scheme = check_scheme(scheme)
@@ -153,10 +158,15 @@ def compare_inits(cell: str, input_size: int, hidden_size: int, *, schemes, num_
                 after = diagnose_on_task(trained.model, task, seq_len, batch_size, seed, trained.readout_w,
                                          trained.readout_b)
             note = learning_note(at_init, after, trained)
-        results.append(InitResult(scheme, model.init, at_init, trained, after, note))
+        fc = _forecast_scheme(model, scheme, task, seq_len, seed, at_init, forecast_steps, train_kwargs, progress)
+        results.append(InitResult(scheme, model.init, at_init, trained, after, note, fc))
     if train_steps > 0:
         rule = "final test loss on held-out data, lowest first (diverged runs last)"
         key = lambda r: (r.trained.diverged, r.final_loss if r.final_loss is not None else math.inf)  # noqa: E731
+    elif forecast_steps > 0:
+        rule = f"forecast probability of reaching the target loss within {forecast_steps} steps, highest first"
+        key = lambda r: (-r.forecast.probability, SEVERITY[r.at_init.verdict],  # noqa: E731
+                         -r.at_init.gradient_flow.horizon.steps)
     else:
         rule = ("at initialization: healthy before vanishing before exploding, then the longer gradient horizon, "
                 "then the top Lyapunov exponent closer to 0")
@@ -165,6 +175,18 @@ def compare_inits(cell: str, input_size: int, hidden_size: int, *, schemes, num_
     results.sort(key=key)
     return InitComparison(cell, input_size, hidden_size, num_layers, task, seq_len, seed, tuple(results), rule,
                           train_steps)
+
+
+def _forecast_scheme(model, scheme, task, seq_len, seed, at_init, steps, train_kwargs, progress):
+    """The trainability forecast of one scheme's model (None when ``steps`` is 0)."""
+    if steps <= 0:
+        return None
+    from .forecast import Budget, forecast
+
+    if progress:
+        progress(f"{scheme}: forecasting training within {steps} steps")
+    kw = {k: v for k, v in (train_kwargs or {}).items() if k in ("lr", "optimizer", "momentum", "batch_size")}
+    return forecast(model, task, seq_len, Budget(steps=steps, **kw), seed=seed, diagnosis=at_init)
 
 
 def _learned(trained: TrainResult) -> bool:

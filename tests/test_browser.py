@@ -372,3 +372,28 @@ def test_run_report_renders_offline_in_chromium(browser, run_report, tmp_path):
     assert any(line.startswith("Looked at") or "looked at" in line.lower() for line in first), first
     for expected in ("lstm", "gru", "verdict"):
         assert expected in text, expected
+
+
+# -- the forecast's report -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def forecast_report(tmp_path_factory) -> Path:
+    """report.html of `rnndiag forecast` with a probe (two figures: the evidence and the probe's loss)."""
+    out = tmp_path_factory.mktemp("browser") / "forecast"
+    res = invoke(["forecast", "--cell", "gru", "--init", "tutorial", "--hidden-size", "8", "--seq-len", "20",
+                  "--steps", "400", "--target-loss", "0.02", "--out", out, "--format", "html", "--quiet"])
+    assert_clean_exit(res, "forecast")
+    return out / "report.html"
+
+
+def test_forecast_report_renders_offline_in_chromium(browser, forecast_report, tmp_path):
+    seen = _load(browser, forecast_report, tmp_path / "forecast.png")
+    assert len(seen["images"]) == 2, seen["images"]
+    for img in seen["images"]:
+        assert img["complete"] and img["w"] > 0 and img["h"] > 0, img
+    assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["outside"] == []
+    assert seen["title"].startswith("rnndiag forecast:")
+    wide = _layout(browser, forecast_report, WIDE)
+    assert [f["id"] for f in wide["figures"]] == ["fig-forecast_evidence", "fig-probe_loss"]
+    assert_two_columns(wide)
+    assert_captions(wide)
+    assert_one_column(_layout(browser, forecast_report, PHONE))

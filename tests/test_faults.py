@@ -464,7 +464,7 @@ def test_a_real_memory_error_under_an_address_space_cap_is_one_line(tmp_path, co
 
 def test_the_estimate_refuses_before_allocating(tmp_path):
     """--batch-size 1000000 is refused at once with the estimate, the limit and the option; nothing written."""
-    for command in (["analyze"], ["init"], ["clip"], ["train"]):
+    for command in (["analyze"], ["init"], ["clip"], ["train"], ["forecast"]):
         line = _fast_refusal([*command, "--batch-size", "1000000", "--out", tmp_path / "r"], limit_s=10)
         assert "(estimate)" in line and "available" in line and "--batch-size" in line, line
         assert not (tmp_path / "r").exists()

@@ -18,6 +18,7 @@ from .._validation import one_line
 from .._version import __version__
 from .analyze import analyze_cmd
 from .compare import clip_cmd, init_cmd
+from .forecast import forecast_cmd
 from .report import report_cmd
 from .sweep import sweep_cmd
 from .train import train_cmd
@@ -90,5 +91,5 @@ def main():
     """
 
 
-for command in (analyze_cmd, init_cmd, clip_cmd, train_cmd, report_cmd, sweep_cmd):
+for command in (analyze_cmd, init_cmd, clip_cmd, train_cmd, forecast_cmd, report_cmd, sweep_cmd):
     main.add_command(command)

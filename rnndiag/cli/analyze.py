@@ -36,6 +36,8 @@ class AnalyzeRequest:
     capture: Path | None = None  # a capture file: the user's input and loss instead of the data options
     stage: str | None = None  # --stage: the weights are at initialization or trained
     dependency_length: int | None = None  # --dependency-length: the steps the horizon must reach
+    forecast_steps: int | None = None  # --forecast: the budget of the trainability forecast (None: no forecast)
+    forecast_lr: float = 1e-3
 
 
 # the options that choose data or a model, which a capture decides instead
@@ -64,8 +66,12 @@ def analyze_request(opts: dict) -> AnalyzeRequest:
                          "pass --input FILE.npy with it")
     data = DataRequest(opts["input_path"], opts["batch_first"], opts["lengths_path"], opts["task"], opts["seq_len"],
                        opts["batch_size"], opts["loss"])
+    if opts["forecast"] and (opts["capture"] is not None or opts["input_path"] is not None):
+        raise InputError("--forecast probes by training on a task; it cannot be combined with "
+                         f"{'--capture' if opts['capture'] is not None else '--input'} (use rnndiag forecast)")
     return AnalyzeRequest(model, data, opts["horizon_factor"], output_request(opts), opts["capture"], opts["stage"],
-                          opts["dependency_length"])
+                          opts["dependency_length"], opts["forecast_steps"] if opts["forecast"] else None,
+                          opts["forecast_lr"])
 
 
 def diagnose(request: AnalyzeRequest, model: RNNModel, inputs: Inputs):
@@ -152,6 +158,12 @@ def diagnose_capture(request: AnalyzeRequest):
 @click.option("--dependency-length", type=click.IntRange(min=1), default=None,
               help="Steps back the gradient must reach for your task; the horizon is judged against it. "
                    "[default: the sequence length T]")
+@click.option("--forecast", is_flag=True,
+              help="Also forecast whether the model trains on the task within --forecast-steps (Adam, --forecast-lr, "
+                   "batch --batch-size, global-norm clipping at 1); rnndiag forecast takes every budget option.")
+@click.option("--forecast-steps", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="The training budget the --forecast answers about.")
+@click.option("--forecast-lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 def analyze_cmd(**opts):
     """Diagnose vanishing / exploding gradients of a recurrent network and write a report.
 
@@ -186,7 +198,8 @@ def analyze_cmd(**opts):
                             else []),
                           *(["--dtype", request.model.dtype] if request.model.dtype else [])])
     metrics = {**diag.to_dict(), "loss_detail": run.loss_detail, "input": run.input_label, "command": command,
-               **({"capture": run.capture} if run.capture else {})}
+               **({"capture": run.capture} if run.capture else {}),
+               **({"forecast": run.forecast.to_dict()} if run.forecast is not None else {})}
     config = {"model_label": run.model_label, "command": command, "rows": [
         ("looked at", diag.looked_at), ("model", run.model_label), ("cell", diag.cell),
         ("input size", diag.input_size), ("hidden size", diag.hidden_size), ("layers", diag.num_layers),
@@ -200,6 +213,13 @@ def analyze_cmd(**opts):
                     lambda pngs, failed: render_html(diag, metrics, pngs, config, figure_errors=failed))
     written = emit(output, report, console, diag.cell)
     summary(console, diag, str(written.path) if written.path else None)
+    if run.forecast is not None:
+        from ..render.forecast import forecast_headline
+
+        headline = forecast_headline(run.forecast)
+        console.print(f"[bold]{headline.text}[/bold]")
+        for line in headline.reasons:
+            console.print(f"  - {line}", markup=False)
     if not output.quiet:
         console.print(f"[dim]done in {time.perf_counter() - t_start:.2f} s (model {run.model_s:.2f} s, analysis "
                       f"{run.analysis_s:.2f} s, figures {written.figures_s:.2f} s, writing {written.writing_s:.2f} s)"
@@ -218,6 +238,7 @@ class _Analysed:
     model_s: float
     analysis_s: float
     capture: dict | None = None  # the capture file's header facts, for metrics.json
+    forecast: object | None = None  # the trainability forecast (--forecast)
 
 
 def _run_model(request: AnalyzeRequest, console) -> _Analysed:
@@ -237,7 +258,26 @@ def _run_model(request: AnalyzeRequest, console) -> _Analysed:
         model_label = f"{model.describe()} from {request.model.weights}"
     else:
         model_label = f"{model.describe()}, init {model.init}, seed {request.model.seed}"
-    return _Analysed(diag, loss.detail, inputs.label, model_label, args, model_s, time.perf_counter() - t0)
+    fc = _forecast(request, model, inputs, diag, console) if request.forecast_steps is not None else None
+    if fc is not None:
+        args = (*args, "--forecast", "--forecast-steps", str(request.forecast_steps), "--forecast-lr",
+                repr(request.forecast_lr))
+    return _Analysed(diag, loss.detail, inputs.label, model_label, args, model_s, time.perf_counter() - t0,
+                     forecast=fc)
+
+
+def _forecast(request: AnalyzeRequest, model, inputs, diag, console):
+    """The trainability forecast of ``--forecast``, reusing the diagnosis just made."""
+    from ..forecast import TASKS, Budget, forecast
+
+    task = inputs.problem.batch.name if inputs.problem is not None else None
+    if task not in TASKS:
+        raise InputError(f"--forecast needs one of the tasks it is calibrated on ({', '.join(TASKS)}); the inputs "
+                         f"here are {task or 'a file'}: pass --task adding or --task copy")
+    with console.status("forecasting (a probe of <= 10% of the budget)...", spinner="dots"):
+        return forecast(model, task, request.data.seq_len, Budget(steps=request.forecast_steps, lr=request.forecast_lr,
+                                                                  batch_size=request.data.batch_size),
+                        seed=request.model.seed, diagnosis=diag)
 
 
 def _run_capture(request: AnalyzeRequest, console) -> _Analysed:

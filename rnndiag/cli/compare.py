@@ -46,6 +46,7 @@ class InitRequest:
     schemes: tuple[str, ...]
     train_steps: int
     output: OutputRequest
+    forecast_steps: int = 0
 
 
 def init_request(opts: dict) -> InitRequest:
@@ -56,8 +57,15 @@ def init_request(opts: dict) -> InitRequest:
         schemes = tuple(check_scheme(s.strip()) for s in opts["schemes"].split(",") if s.strip())
     if not schemes:
         raise InputError("--schemes is empty; e.g. --schemes tutorial,orthogonal")
-    return InitRequest(ModelRequest.from_options(opts, given_options()), TrainingRequest.from_options(opts), schemes,
-                       opts["train_steps"], output)
+    training = TrainingRequest.from_options(opts)
+    if opts["forecast_steps"]:
+        from ..forecast import TASKS
+
+        if training.task not in TASKS:
+            raise InputError(f"--forecast-steps: the forecast is calibrated on the {', '.join(TASKS)} tasks; got "
+                             f"--task {training.task}")
+    return InitRequest(ModelRequest.from_options(opts, given_options()), training, schemes, opts["train_steps"],
+                       output, opts["forecast_steps"])
 
 
 @click.command("init")
@@ -66,6 +74,9 @@ def init_request(opts: dict) -> InitRequest:
               help="Comma-separated initialization schemes to compare.")
 @click.option("--train-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also train each scheme this many steps and compare the final test loss.")
+@click.option("--forecast-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Forecast whether each scheme trains within this many steps (with --lr, --optimizer, "
+                   "--batch-size) and rank the schemes by it (each forecast costs <= 10% of the budget).")
 @output_options("init-<cell>")
 def init_cmd(**opts):
     """Compare initialization schemes side by side: at initialization and, with --train-steps, after training.
@@ -93,11 +104,13 @@ def init_cmd(**opts):
                             gain=model_req.gain, forget_bias=model_req.forget_bias, train_steps=request.train_steps,
                             train_kwargs={"lr": training.lr, "optimizer": training.optimizer,
                                           "momentum": training.momentum, "batch_size": training.batch_size},
-                            progress=progress_printer(console))
+                            progress=progress_printer(console), forecast_steps=request.forecast_steps)
     table, headline = init_table(cmp), init_headline(cmp, LEARNED_FRACTION)
     print_results(console, init_table(cmp, notes=False), headline)  # the notes print as the headline's reasons
     command = training_command("init", model_req, training, ["--schemes", ",".join(request.schemes),
-                                                             "--train-steps", str(request.train_steps)],
+                                                             "--train-steps", str(request.train_steps),
+                                                             *(["--forecast-steps", str(request.forecast_steps)]
+                                                               if request.forecast_steps else [])],
                                with_init=False)
     config = [("cell", cmp.cell), ("hidden size", cmp.hidden_size), ("layers", cmp.num_layers),
               ("task", f"{cmp.task}, T = {cmp.seq_len}"), ("seed", cmp.seed), ("train steps", cmp.train_steps)]

@@ -35,6 +35,9 @@ def init_table(cmp, *, notes: bool = True) -> Table:
     trained = cmp.trained
     columns = ["rank", "scheme", "verdict", "spectral radius", "sigma_max", f"horizon / {cmp.seq_len}",
                "decay log10/step", "top Lyapunov"]
+    forecasts = any(r.forecast is not None for r in cmp.results)
+    if forecasts:
+        columns.append("forecast")
     if trained:
         columns += ["final test loss", "after training"] + (["note"] if notes else [])
     rows = []
@@ -45,11 +48,20 @@ def init_table(cmp, *, notes: bool = True) -> Table:
         row = [str(i), r.label, d.verdict, fmt_num(ld.spectrum.spectral_radius), fmt_num(ld.spectrum.sigma_max),
                f"{hz.steps}{'+' if hz.censored else ''}", fmt_num(d.gradient_flow.fit.rate, "+.4f"),
                fmt_num(ld.lyapunov.top, "+.4f")]
+        if forecasts:
+            row.append(forecast_call(r.forecast) if r.forecast is not None else "")
         if trained:
             row += [fmt_num(r.final_loss, ".4g"), r.after.verdict if r.after else "diverged"]
             row += [r.note or ""] if notes else []
         rows.append(row)
     return Table(f"initialization schemes for {cmp.cell} (ranked: {cmp.ranking_rule})", columns, rows)
+
+
+def forecast_call(f) -> str:
+    """The forecast in a few words: 'trains', 'does not train' or 'undecided', with its probability."""
+    if not f.decided:
+        return f"undecided (p = {f.probability:.2f})"
+    return f"{'trains' if f.trains else 'does not train'} (p = {f.probability:.2f})"
 
 
 def init_headline(cmp, learned_fraction: float) -> Headline:

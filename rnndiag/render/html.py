@@ -104,6 +104,12 @@ CAPTIONS = {
     "spectral_radius_over_training": "Spectral radius (solid) and sigma_max (dashed) of each layer's recurrent "
                                      "weights at each diagnosed iteration; dotted: 1. Above 1 warns of exploding "
                                      "gradients, far below of vanishing ones.",
+    # rnndiag forecast
+    "forecast_evidence": "Each feature's term in the log-odds that the model trains within the budget: green bars "
+                         "argue for, red against; their sum plus the intercept gives the probability in the title.",
+    "probe_loss": "The probe's training loss (rnndiag, at most 10% of the budget's compute), log-log, with the "
+                  "trivial baseline (dotted), the target (dashed green) and the trend extrapolated to the budget "
+                  "(dashed). Where the dashed line ends below the target, the trend says the budget suffices.",
 }
 GENERIC_CAPTION = "Read the axis labels and the title; every number drawn here is in metrics.json."
 WIDE_FIGURE_PX = 1000  # a figure drawn at least this wide takes a whole row of the grid

@@ -1,0 +1,507 @@
+r"""Trainability forecast: will this model learn this task within this training budget?
+
+The verdict describes the gradient at the current weights; whether a model *trains* also depends on what the
+gates can learn, the optimizer and the budget. The forecast measures, within 10% of the budget's compute:
+
+* **zero-cost evidence** at the initial weights: the gradient's *reach* -- the median over the steps where the
+  task's information enters (adding: the first half; copy: the 10 symbols) of
+  :math:`\log_{10} \|\partial L/\partial x_t\| / \|\partial L/\partial x_{T-1}\|` (negative: it vanishes on
+  the way back; positive: it grows) -- the input horizon, the top Lyapunov exponent, and for gated cells the
+  *gate sensitivity*: the reach and horizon again with the memory gate's bias (LSTM forget, GRU update) raised by
+  :data:`GATE_SHIFT`, which is what training a gate can do;
+* a **probe**: rnndiag's own training of the same configuration (task, optimizer, learning rate, batch size,
+  clipping) for as many steps as the remaining compute allows, stopped by the clock: the held-out loss after it
+  against the target, the trend of the training loss extrapolated to the budget (a power law over the probe's
+  second half), the reach again at the probed weights, divergence and gradient spikes.
+
+A logistic model turns the features (:data:`FEATURES`) into a probability with the coefficients in
+:data:`COEFFICIENTS`, fitted on the tuning part of labels PyTorch made (``benchmarks/forecast_labels.py``,
+``benchmarks/forecast_fit.py``); every forecast lists each feature's value and its contribution to the log-odds.
+Where the budget leaves too few probe steps (:data:`MIN_PROBE_STEPS`), the zero-cost model decides and says so.
+A probability between 0.3 and 0.7 is undecided: the forecast says so and suggests the budget at which it would
+decide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis.flow import horizon as horizon_of
+from .analysis.settings import HORIZON_FACTOR
+from .engine import backward, forward
+from .jsonsafe import finite_or_none, jsonable
+from .model import RNNModel
+from .tasks import COPY_LENGTH, DIAGNOSIS_STREAM, task_problem
+
+TASKS = ("adding", "adding_hs97", "copy")  # the tasks the forecast was calibrated on
+TARGET_FRACTION = 0.1  # default success criterion: the held-out loss reaches 0.1 x the trivial baseline
+MAX_COST_FRACTION = 0.1  # the forecast's compute: at most this share of the budget's
+PROBE_RESERVE = 0.92  # the probe stops when the forecast has used this share of its allowance (the rest: margin)
+MIN_PROBE_STEPS = 20  # fewer affordable probe steps than this: the zero-cost model decides
+GATE_SHIFT = 2.0  # the memory gate's bias moves by this much in the sensitivity measurement
+UNDECIDED = (0.3, 0.7)  # probabilities in this open interval are "cannot decide"
+DIAGNOSIS_BATCH = 32  # sequences of the zero-cost measurements
+TIMING_STEPS = 4  # training steps that measure the step time where no probe is affordable
+
+# name -> (what it is, clip range); every feature is in the units given, clipped before the model sees it
+FEATURES = {
+    "reach_init": ("log10 gradient reach at the initial weights, where it falls (0 where it grows)", (-20.0, 0.0)),
+    "growth_init": ("log10 gradient growth at the initial weights, where it grows (0 where it falls)", (0.0, 20.0)),
+    "reach_gate": ("log10 gradient reach with the memory gate's bias + 2 (the initial reach for ungated cells)",
+                   (-20.0, 0.0)),
+    "gated": ("1 for LSTM and GRU, 0 for plain RNNs", (0.0, 1.0)),
+    "lyapunov": ("top Lyapunov exponent at the initial weights, nats/step", (-2.0, 2.0)),
+    "log_lr_steps": ("log10(learning rate x budget steps)", (-2.0, 3.0)),
+    "sgd": ("1 for SGD with momentum, 0 for Adam", (0.0, 1.0)),
+    "log_dependency": ("log10 of the dependency length (adding: T; copy: T + 10)", (0.5, 3.0)),
+    "probe_loss": ("log10(held-out loss after the probe / target)", (-2.0, 2.0)),
+    "probe_extrapolated": ("log10(training loss extrapolated to the budget / target)", (-3.0, 2.0)),
+    "reach_probe": ("log10 gradient reach at the probed weights (clipped at 0)", (-20.0, 0.0)),
+    "probe_diverged": ("1 if the probe's loss or gradient became non-finite", (0.0, 1.0)),
+    "probe_spike": ("log10(largest / median gradient norm over the probe)", (0.0, 4.0)),
+}
+ZERO_COST_FEATURES = ("reach_init", "growth_init", "reach_gate", "gated", "lyapunov", "log_lr_steps", "sgd",
+                      "log_dependency")
+PROBE_FEATURES = (*ZERO_COST_FEATURES, "probe_loss", "probe_extrapolated", "reach_probe", "probe_diverged",
+                  "probe_spike")
+
+# The fitted logistic models: log-odds = intercept + sum(coefficient x clipped feature), features in FEATURES'
+# units. Fitted by benchmarks/forecast_fit.py on the tuning part of benchmarks/forecast_labels.jsonl (seed 0 of the
+# configurations outside the held-out slices); see the README for the held-out scores.
+COEFFICIENTS = {
+    "probe": {"intercept": 0.0, **{name: 0.0 for name in PROBE_FEATURES}},
+    "zero_cost": {"intercept": 0.0, **{name: 0.0 for name in ZERO_COST_FEATURES}},
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The training the user plans: what the forecast answers about."""
+
+    steps: int
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch_size: int = 32
+    momentum: float = 0.9
+    clip: str = "global_norm"
+    clip_threshold: float | None = 1.0
+    target_loss: float | None = None  # None: TARGET_FRACTION x the task's trivial baseline
+
+    def __post_init__(self):
+        from .train import TrainConfig
+
+        TrainConfig(steps=self.steps, optimizer=self.optimizer, lr=self.lr, batch_size=self.batch_size,
+                    momentum=self.momentum, clip=self.clip, clip_threshold=self.clip_threshold)  # validates
+        if self.target_loss is not None and not (isinstance(self.target_loss, (int, float)) and
+                                                 math.isfinite(self.target_loss) and self.target_loss > 0):
+            raise ValueError(f"target_loss must be a positive finite number; got {self.target_loss!r}")
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How far back the task loss's gradient reaches, from one forward and backward pass."""
+
+    reach: float  # log10 median over the source steps of ||dL/dx_t|| / ||dL/dx_{T-1}|| (< 0 vanishing, > 0 growing)
+    horizon_steps: int
+    horizon_censored: bool
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The answer and everything it rests on (``to_dict`` is metrics.json's ``forecast`` object)."""
+
+    trains: bool
+    probability: float
+    decided: bool  # False: the probability is between 0.3 and 0.7
+    method: str  # "probe" or "zero_cost"
+    task: str
+    seq_len: int
+    target_loss: float
+    baseline: float
+    budget: Budget
+    probe_steps: int
+    cost_fraction: float
+    seconds: float
+    step_seconds: float  # median wall time of one rnndiag training step of this model (this thread count)
+    features: dict[str, float]
+    contributions: dict[str, float]  # each feature's term in the log-odds
+    measured: dict[str, object]  # the raw numbers behind the features
+    reasons: tuple[str, ...]  # the evidence in words, most telling first
+    suggestion: str | None  # where undecided: the budget at which the forecast would decide
+    looked_at: str = field(default="")
+
+    def to_dict(self) -> dict:
+        rule = (f"logistic model '{self.method}' (rnndiag.forecast.COEFFICIENTS): log-odds = intercept + "
+                "sum(coefficient x feature); trains if probability >= 0.5; undecided between "
+                f"{UNDECIDED[0]} and {UNDECIDED[1]}")
+        return jsonable({
+            "trains": self.trains, "probability": self.probability, "decided": self.decided,
+            "target_loss": self.target_loss, "baseline": self.baseline, "budget_steps": self.budget.steps,
+            "probe_steps": self.probe_steps, "cost_fraction": finite_or_none(self.cost_fraction),
+            "seconds": self.seconds, "step_seconds": self.step_seconds, "task": self.task, "seq_len": self.seq_len,
+            "budget": dataclasses.asdict(self.budget), "looked_at": self.looked_at,
+            "evidence": {"method": self.method, "rule": rule, "features": self.features,
+                         "contributions": self.contributions, "measured": self.measured,
+                         "reasons": list(self.reasons)},
+            "suggestion": self.suggestion,
+        })
+
+
+# -- measurements ---------------------------------------------------------------------------------------------
+def dependency_length(task: str, seq_len: int) -> int:
+    """Steps between where the task's information enters and where the loss looks."""
+    return seq_len + COPY_LENGTH if task == "copy" else seq_len
+
+
+def source_steps(task: str, seq_len: int) -> slice:
+    """The steps where the task's information enters: adding, the first half (the first marker); copy, the
+    symbols."""
+    return slice(0, COPY_LENGTH) if task == "copy" else slice(0, max(1, seq_len // 2))
+
+
+def gradient_reach(model: RNNModel, problem, task: str, seq_len: int) -> Reach:
+    """One forward and backward pass of the task loss through the problem's readout; see :class:`Reach`. The
+    gradient is taken on the inputs, ||dL/dx_t||: how much the loss can learn from what
+    enters at step t, whatever the cell keeps its memory in (h, or an LSTM's c)."""
+    with np.errstate(all="ignore"):
+        fwd = forward(model, problem.x)
+        _, grad_h, _, _ = problem.loss_and_grads(fwd.h.astype(np.float64))
+        trace = backward(fwd, grad_h.astype(model.dtype), param_grads=False)
+        log10 = np.log10(np.median(np.linalg.norm(trace.grad_x.astype(np.float64), axis=2), axis=1))
+    ref = float(log10[-1])  # the input at the last step: the loss sees it directly
+    if not math.isfinite(ref):  # a loss gradient that died (0) or overflowed (inf, NaN)
+        return Reach(-math.inf if ref == -math.inf else math.inf, 0, False)
+    log10 = np.where(np.isnan(log10), np.inf, log10)  # NaN: an overflow on the way back
+    reach = float(np.median(log10[source_steps(task, seq_len)]) - ref)
+    hz = horizon_of(log10, HORIZON_FACTOR, None)
+    return Reach(reach, hz.steps, hz.censored)
+
+
+def shift_memory_gate(model: RNNModel, delta: float) -> RNNModel | None:
+    """The model with every layer's memory-gate bias (LSTM forget, GRU update) raised by ``delta``: longer memory;
+    None for cells without a memory gate or without biases."""
+    from .cells import cell_module, gate_rows
+
+    gate = cell_module(model.cell).MEMORY_GATE
+    if gate is None or not model.bias:
+        return None
+    params = dict(model.params)
+    for name in params:
+        if name.startswith("bias_ih_l"):
+            b = params[name].copy()
+            b[gate_rows(model.cell, gate, model.hidden_size)] += delta
+            params[name] = b
+    return model.with_params(params)
+
+
+def memory_gate_name(cell: str) -> str | None:
+    return {"lstm": "forget", "gru": "update"}.get(cell)
+
+
+def zero_cost(model: RNNModel, task: str, seq_len: int, seed: int, diagnosis=None) -> dict:
+    """The measurements at the given weights: the gradient's reach on the inputs and, for gated cells, the reach
+    with the memory gate's bias raised (two forward and backward passes each); with a ``diagnosis`` already made
+    at these weights, its verdict, horizon and Lyapunov exponent too."""
+    problem = task_problem(task, seq_len, DIAGNOSIS_BATCH, seed, model.num_directions * model.output_size,
+                           stream=DIAGNOSIS_STREAM, input_size=model.input_size, dtype=model.dtype)
+    base = gradient_reach(model, problem, task, seq_len)
+    shifted_model = shift_memory_gate(model, GATE_SHIFT)
+    shifted = gradient_reach(shifted_model, problem, task, seq_len) if shifted_model is not None else base
+    out = {"reach_init": base.reach, "input_horizon_init": base.horizon_steps,
+           "input_horizon_init_censored": base.horizon_censored,
+           "reach_gate": shifted.reach, "input_horizon_gate": shifted.horizon_steps,
+           "input_horizon_gate_censored": shifted.horizon_censored, "verdict": None}
+    if diagnosis is not None:
+        top = diagnosis.layers[-1]
+        out.update(verdict=diagnosis.verdict, horizon_steps=top.flow.horizon.steps,
+                   lyapunov_top=finite_or_none(top.lyapunov.top))
+    return out
+
+
+def _loss_trend(losses: list[float]) -> float | None:
+    """Slope of log10(training loss) against log10(step) over the probe's second half, from the means of four
+    windows (a batch's loss is noisy); None for fewer than 8 steps."""
+    n = len(losses)
+    if n < 8:
+        return None
+    half = np.asarray(losses[n // 2:], dtype=np.float64)
+    windows = np.array_split(np.arange(n // 2, n), 4)
+    x = np.log10([w.mean() + 1.0 for w in windows])
+    y = np.log10([max(float(np.mean(half[w - n // 2])), 1e-12) for w in windows])
+    if not np.isfinite(y).all():
+        return None
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def run_probe(model: RNNModel, task: str, seq_len: int, seed: int, budget: Budget, deadline, max_steps: int) -> dict:
+    """rnndiag's training of the configuration, stopped when ``deadline(step_seconds)`` says the allowance is used
+    (or after ``max_steps``): the losses, the step times, the probed model and readout."""
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(task=task, seq_len=seq_len, batch_size=budget.batch_size, steps=max(1, max_steps),
+                      optimizer=budget.optimizer, lr=budget.lr, momentum=budget.momentum, clip=budget.clip,
+                      clip_threshold=budget.clip_threshold, seed=seed, diag_points=2,
+                      eval_batch=max(budget.batch_size, 64))
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def progress(i, loss, norm):
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+        return not deadline(float(np.median(times)))
+
+    result = train(model, cfg, progress=progress)
+    return {"result": result, "step_times": times}
+
+
+def method_of(measured: dict) -> str:
+    """"probe" where the probe ran its minimum of steps (or diverged trying), else "zero_cost"."""
+    ran = measured.get("probe_steps", 0) >= MIN_PROBE_STEPS
+    return "probe" if ran or (measured.get("probe_planned") and measured.get("probe_diverged")) else "zero_cost"
+
+
+# -- features and the model ----------------------------------------------------------------------------------
+def _clipped(name: str, value) -> float:
+    lo, hi = FEATURES[name][1]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return lo if name.startswith(("reach", "lyapunov")) else hi
+    return float(min(max(value, lo), hi))
+
+
+def features(measured: dict, budget: Budget, task: str, seq_len: int, cell: str, *, budget_steps=None) -> dict:
+    """The model's inputs from the measured numbers (``budget_steps``: another budget, for what-ifs)."""
+    steps = budget_steps or budget.steps
+    target = measured["target_loss"]
+    f = {"reach_init": min(measured["reach_init"], 0.0), "growth_init": max(measured["reach_init"], 0.0),
+         "reach_gate": min(measured["reach_gate"], 0.0),
+         "gated": 1.0 if cell in ("lstm", "gru") else 0.0, "lyapunov": measured.get("lyapunov_top") or 0.0,
+         "log_lr_steps": math.log10(budget.lr * steps), "sgd": 1.0 if budget.optimizer == "sgd" else 0.0,
+         "log_dependency": math.log10(dependency_length(task, seq_len))}
+    if method_of(measured) == "probe":
+        test = measured.get("probe_test_loss")
+        f["probe_loss"] = math.log10(test / target) if test else None
+        f["probe_diverged"] = 1.0 if measured.get("probe_diverged") else 0.0
+        end, trend = measured.get("probe_end_loss"), measured.get("probe_trend")
+        if end and trend is not None and measured["probe_steps"] > 0:
+            trend = min(max(trend, -3.0), 0.5)
+            f["probe_extrapolated"] = math.log10(end / target) + trend * math.log10(steps / measured["probe_steps"])
+        else:
+            f["probe_extrapolated"] = f["probe_loss"]
+        reach = measured.get("reach_probe")
+        f["reach_probe"] = None if reach is None else min(reach, 0.0)
+        f["probe_spike"] = measured.get("probe_spike")
+    return {name: _clipped(name, value) for name, value in f.items()}
+
+
+def predict(feats: dict, method: str) -> tuple[float, dict]:
+    """(probability, each feature's term in the log-odds) under the fitted model ``method``."""
+    coef = COEFFICIENTS[method]
+    terms = {name: coef[name] * feats[name] for name in coef if name != "intercept"}
+    z = coef["intercept"] + sum(terms.values())
+    return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0))), terms
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, names, l2: float = 1.0) -> dict:
+    """L2-regularised logistic regression on standardised features (the intercept is not penalised), returned as
+    the raw-unit table :data:`COEFFICIENTS` holds: ``{"intercept": b, name: c, ...}``."""
+    from scipy.optimize import minimize
+
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    sd[sd == 0] = 1.0
+    Z = (X - mu) / sd
+
+    def loss(w):
+        z = w[0] + Z @ w[1:]
+        nll = np.logaddexp(0.0, z).sum() - y @ z
+        p = 1.0 / (1.0 + np.exp(-z))
+        grad = np.concatenate([[(p - y).sum()], Z.T @ (p - y)]) + l2 * np.concatenate([[0.0], w[1:]])
+        return nll + 0.5 * l2 * (w[1:] @ w[1:]), grad
+
+    w = minimize(loss, np.zeros(X.shape[1] + 1), jac=True, method="L-BFGS-B").x
+    coef = w[1:] / sd
+    return {"intercept": float(w[0] - coef @ mu), **{n: float(c) for n, c in zip(names, coef)}}
+
+
+# -- the forecast ---------------------------------------------------------------------------------------------
+def check_forecastable(model: RNNModel, task: str) -> str:
+    """The task's canonical name; one line naming the fix for a task or model the forecast does not cover."""
+    from .tasks import check_task
+    from .tasks import input_size as task_input_size
+
+    task = check_task(task)
+    if task not in TASKS:
+        raise ValueError(f"the forecast is calibrated on the {', '.join(TASKS)} tasks; got {task!r}: choose one of "
+                         "them, or train with rnndiag train to see")
+    if model.bidirectional or model.proj_size:
+        raise ValueError("the forecast probes by training, which rnndiag does for one-way models without proj_size")
+    if model.input_size != task_input_size(task):
+        raise ValueError(f"the {task} task feeds {task_input_size(task)} input channels but the model takes "
+                         f"{model.input_size}; choose a task that fits")
+    return task
+
+
+def measure(model: RNNModel, task: str, seq_len: int, budget: Budget, *, seed: int = 0, diagnosis=None,
+            clock=time.perf_counter) -> dict:
+    """Every number the forecast uses, measured within :data:`MAX_COST_FRACTION` of the budget's compute (see the
+    module docstring); ``diagnosis``: one already made at these weights (``rnndiag analyze --forecast``), reused."""
+    task = check_forecastable(model, task)
+    t0 = clock()
+    measured = zero_cost(model, task, seq_len, seed, diagnosis)
+    measured["zero_cost_seconds"] = clock() - t0
+    baseline = task_problem(task, seq_len, 1, seed, model.output_size, input_size=model.input_size).batch.baseline
+    target = budget.target_loss if budget.target_loss is not None else TARGET_FRACTION * baseline
+    measured.update(baseline=baseline, target_loss=target, diagnosis_reused=diagnosis is not None)
+    allowance = MAX_COST_FRACTION * budget.steps
+    affordable = int(PROBE_RESERVE * allowance)
+
+    def deadline(step_s: float) -> bool:  # another step (and the reach after it) would pass the allowance
+        return clock() - t0 + 3 * step_s >= PROBE_RESERVE * allowance * step_s
+
+    probing = affordable >= MIN_PROBE_STEPS
+    # without a probe, four steps still measure the step time (the first and last run the scheduled diagnostics)
+    probe = run_probe(model, task, seq_len, seed, budget, deadline if probing else (lambda s: False),
+                      affordable if probing else TIMING_STEPS)
+    result, times = probe["result"], probe["step_times"]
+    h = result.history
+    steps = h.iterations
+    plain = times[1:-1] if len(times) >= TIMING_STEPS else times  # the steps without scheduled diagnostics
+    measured.update(step_seconds=float(np.median(plain)) if plain else None, probe_steps=steps if probing else 0,
+                    probe_planned=probing, probe_diverged=result.diverged, probe_stopped=h.stopped)
+    if measured.get("lyapunov_top") is None and h.diag:  # the probe's diagnostic at iteration 0: the weights given
+        measured["lyapunov_top"] = finite_or_none(h.diag[0].layers[-1].top_lyapunov)
+    if probing and steps:
+        losses = [v for v in h.loss if math.isfinite(v)]
+        tail = losses[-max(1, len(losses) // 4):]
+        norms = np.asarray(h.grad_norm, dtype=np.float64)
+        norms = norms[np.isfinite(norms) & (norms > 0)]
+        every = max(1, len(h.loss) // 100)
+        measured.update(probe_curve=[[i + 1, finite_or_none(v)] for i, v in enumerate(h.loss)][::every],
+                        probe_test_loss=finite_or_none(result.test_loss) if not result.diverged else None,
+                        probe_end_loss=float(np.mean(tail)) if tail else None, probe_trend=_loss_trend(losses),
+                        probe_spike=float(np.log10(norms.max() / np.median(norms))) if norms.size else None)
+        if not result.diverged:
+            problem = task_problem(task, seq_len, DIAGNOSIS_BATCH, seed, model.output_size,
+                                   readout_wb=(result.readout_w, result.readout_b), input_size=model.input_size,
+                                   dtype=model.dtype)
+            after = gradient_reach(result.model, problem, task, seq_len)
+            measured.update(reach_probe=after.reach, input_horizon_probe=after.horizon_steps,
+                            input_horizon_probe_censored=after.horizon_censored)
+    measured["seconds"] = clock() - t0
+    return measured
+
+
+def forecast(model: RNNModel, task: str, seq_len: int, budget: Budget, *, seed: int = 0, diagnosis=None,
+             looked_at: str | None = None) -> Forecast:
+    """Whether ``model`` reaches the target loss on ``task`` within ``budget`` (see the module docstring).
+
+    >>> from rnndiag import init_model
+    >>> f = forecast(init_model("gru", 2, 16, seed=0), "adding", 20, Budget(steps=300))
+    >>> 0.0 <= f.probability <= 1.0 and f.cost_fraction is not None
+    True
+    """
+    measured = measure(model, task, seq_len, budget, seed=seed, diagnosis=diagnosis)
+    return decide(measured, model, task, seq_len, budget, looked_at=looked_at)
+
+
+def decide(measured: dict, model: RNNModel, task: str, seq_len: int, budget: Budget, *,
+           looked_at: str | None = None) -> Forecast:
+    """The forecast from measured numbers (:func:`measure`): features, probability, words, suggestion."""
+    method = method_of(measured)
+    feats = features(measured, budget, task, seq_len, model.cell)
+    p, terms = predict(feats, method)
+    decided = not (UNDECIDED[0] < p < UNDECIDED[1])
+    step_s = measured.get("step_seconds")
+    cost = measured["seconds"] / (budget.steps * step_s) if step_s else math.inf
+    suggestion = None if decided else _suggest(measured, model, task, seq_len, budget, method)
+    stage = {"init": "at initialization", "trained": "trained"}.get(model.stage, "loaded from a file")
+    seen = looked_at or (f"{model.describe()} ({stage}) on the synthetic {task} task, T = {seq_len}; the task's "
+                         f"own loss through a seeded readout; a probe trained by rnndiag")
+    return Forecast(p >= 0.5, p, decided, method, task, seq_len, measured["target_loss"], measured["baseline"],
+                    budget, measured.get("probe_steps", 0), cost, measured["seconds"], step_s or math.nan, feats,
+                    terms, {k: v for k, v in measured.items()}, tuple(_reasons(measured, model, task, seq_len,
+                                                                              budget, method, p, terms)),
+                    suggestion, seen)
+
+
+def _suggest(measured, model, task, seq_len, budget, method) -> str:
+    for k in (2, 4, 8, 16):
+        steps = budget.steps * k
+        p, _ = predict(features(measured, budget, task, seq_len, model.cell, budget_steps=steps), method)
+        if p >= UNDECIDED[1]:
+            return (f"undecided at {budget.steps} steps; at {steps} steps the same evidence forecasts trains "
+                    f"(p = {p:.2f})")
+    larger = max(MIN_PROBE_STEPS * 10 if method == "zero_cost" else budget.steps * 4, budget.steps * 2)
+    return (f"undecided: no budget up to {16 * budget.steps} steps decides from this evidence; forecasting a budget "
+            f"of {larger} steps gives the probe about {int(MAX_COST_FRACTION * PROBE_RESERVE * larger)} steps to "
+            "look further")
+
+
+def _steps(n, censored) -> str:
+    return f">= {n}" if censored else str(n)
+
+
+def _reasons(m: dict, model: RNNModel, task: str, seq_len: int, budget: Budget, method: str, p: float,
+             terms: dict) -> list[str]:
+    dep = dependency_length(task, seq_len)
+    out = []
+    if method == "probe":
+        test = m.get("probe_test_loss")
+        line = (f"probe: {m['probe_steps']} rnndiag training steps of the {budget.steps}-step budget: held-out loss "
+                f"{'non-finite' if test is None else format(test, '.4g')} (target {m['target_loss']:.4g}, trivial "
+                f"baseline {m['baseline']:.4g})")
+        if m.get("probe_trend") is not None and m.get("probe_end_loss"):
+            extrap = m["probe_end_loss"] * (budget.steps / m["probe_steps"]) ** min(max(m["probe_trend"], -3), 0.5)
+            line += (f"; training loss falls as step^{m['probe_trend']:.2f}, extrapolated {extrap:.3g} at "
+                     f"{budget.steps} steps")
+        out.append(line)
+        if m.get("probe_diverged"):
+            out.append(f"the probe diverged: {m.get('probe_stopped')}")
+    else:
+        ran = f"the probe could run only {m['probe_steps']} steps" if m.get("probe_planned") else \
+            "it affords fewer than " + str(MIN_PROBE_STEPS) + " probe steps"
+        out.append(f"zero-cost evidence only: within {MAX_COST_FRACTION:.0%} of a {budget.steps}-step budget {ran}")
+    reach = m["reach_init"]
+    out.append(f"gradient reach at these weights: the loss's gradient on the inputs where the {task} task's "
+               f"information enters is {_pow10(reach)} of its value at the last step (input horizon "
+               f"{_steps(m['input_horizon_init'], m['input_horizon_init_censored'])} steps; the dependency spans "
+               f"{dep})")
+    gate = memory_gate_name(model.cell)
+    if gate is not None:
+        line = (f"{gate} gate bias sensitivity: input horizon "
+                f"{_steps(m['input_horizon_init'], m['input_horizon_init_censored'])} -> "
+                f"{_steps(m['input_horizon_gate'], m['input_horizon_gate_censored'])} steps with the bias "
+                f"+{GATE_SHIFT:g}")
+        if m.get("input_horizon_probe") is not None:
+            line += (f"; after {m['probe_steps']} probe steps the horizon is "
+                     f"{_steps(m['input_horizon_probe'], m['input_horizon_probe_censored'])} steps")
+        out.append(line)
+    dep_reached = m["input_horizon_init_censored"] or m["input_horizon_init"] >= dep
+    if m["reach_init"] > 1:
+        flow = f"the gradient grows on the way back at these weights ({_pow10(m['reach_init'])}): exploding"
+    elif dep_reached:
+        flow = "the gradient reaches the whole dependency at these weights"
+    else:
+        flow = f"the gradient vanishes at these weights (input horizon {m['input_horizon_init']} of {dep} steps)"
+    if m.get("verdict") is not None:
+        flow += f"; the verdict is {m['verdict']} (gradient horizon {m['horizon_steps']} of {seq_len} steps)"
+    if not dep_reached and p >= 0.5 and gate is not None:
+        flow += f", yet the {gate} gate can learn to hold memory: forecast to train"
+    elif dep_reached and p < 0.5:
+        flow += ", yet a gradient that flows at the start does not make this budget enough"
+    out.append(flow)
+    top = sorted(terms.items(), key=lambda kv: -abs(kv[1]))[:4]
+    out.append("largest terms in the log-odds: " + ", ".join(f"{k} {v:+.2f}" for k, v in top))
+    return out
+
+
+def _pow10(x: float) -> str:
+    if not math.isfinite(x):
+        return "0 (underflowed)" if x < 0 else "inf"
+    return f"10^{x:.1f}"
