@@ -93,15 +93,31 @@ def _number(v):
     return v
 
 
+def trained(run: dict, fraction: float | None = None) -> bool:
+    """The label at the forecast's default target (``rnndiag.forecast.TARGET_FRACTION`` x the baseline): the
+    held-out loss reached it at one of the run's evaluations (a run stopped at 0.1 x the baseline passed every
+    looser target on the way)."""
+    from rnndiag.forecast import TARGET_FRACTION
+
+    best = run["best_eval_loss"]
+    return best is not None and best <= (fraction or TARGET_FRACTION) * run["baseline"]
+
+
 def load_joined() -> list[dict]:
-    """Every run with both its label and its measurements."""
-    labels = {(r["config"], r["seed"]): r for r in map(json.loads, (HERE / "forecast_labels.jsonl").open())}
+    """Every run with both its label (``trains`` at the forecast's default target) and its measurements."""
+    labels = {(r["config"], r["seed"]): {**r, "trains": trained(r)}
+              for r in map(json.loads, (HERE / "forecast_labels.jsonl").open())}
     out = []
     for line in EVIDENCE.open():
         e = json.loads(line)
         key = (e["config"], e["seed"])
         if key in labels:
-            out.append({**labels[key], "measured": {k: _number(v) for k, v in e["measured"].items()}})
+            measured = {k: _number(v) for k, v in e["measured"].items()}
+            from rnndiag.forecast import TARGET_FRACTION
+
+            measured["target_loss"] = TARGET_FRACTION * measured["baseline"]  # the label's target
+            measured.setdefault("hidden_size", labels[key]["hidden_size"])
+            out.append({**labels[key], "measured": measured})
     return out
 
 
@@ -116,18 +132,37 @@ def feature_rows(runs, method: str):
     return np.asarray(X), names
 
 
-def fit(runs, l2: float = 1.0) -> dict:
-    """Both models of rnndiag.forecast on the tuning runs."""
+L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def _cv_brier(X, y, names, l2: float, folds: int = 5) -> float:
+    """Brier score of ``l2`` in ``folds``-fold cross-validation on the tuning runs (fixed interleaved folds)."""
+    from rnndiag import forecast as fc
+
+    err = []
+    for k in range(folds):
+        test = np.arange(len(y)) % folds == k
+        coef = fc.fit_logistic(X[~test], y[~test], names, l2=l2)  # raw units
+        z = coef["intercept"] + X[test] @ np.array([coef[n] for n in names])
+        err.extend((1 / (1 + np.exp(-z)) - y[test]) ** 2)
+    return float(np.mean(err))
+
+
+def fit(runs, l2: float | None = None) -> dict:
+    """Both models of rnndiag.forecast on the tuning runs; the L2 strength by 5-fold cross-validation there."""
     from rnndiag import forecast as fc
 
     tune = [r for r in runs if r["split"] == "tune"]
     y = np.array([r["trains"] for r in tune], dtype=float)
     table = {}
     for method in ("probe", "zero_cost"):
-        rows = [r for r in tune if method == "zero_cost" or r["measured"].get("probe_steps", 0) >= fc.MIN_PROBE_STEPS]
+        rows = [r for r in tune if method == "zero_cost" or fc.method_of(r["measured"]) == "probe"]
         yy = np.array([r["trains"] for r in rows], dtype=float)
         X, names = feature_rows(rows, method)
-        table[method] = fc.fit_logistic(X, yy, names, l2=l2)
+        strength = l2 if l2 is not None else min(L2_GRID, key=lambda a: _cv_brier(X, yy, names, a))
+        table[method] = fc.centered(fc.fit_logistic(X, yy, names, l2=strength), X, names)
+        print(f"{method}: {len(rows)} tuning runs ({yy.mean():.0%} train), l2 {strength:g}, cross-validated Brier "
+              f"{_cv_brier(X, yy, names, strength):.3f}")
     print(f"tuning runs: {len(tune)} ({y.mean():.0%} train)")
     return table
 
@@ -194,10 +229,10 @@ def score(runs) -> dict:
     for part in ("seed", "slice"):
         idx = [i for i, r in enumerate(held) if r["split"] == part]
         out[f"forecast_{part}"] = scores(probs[idx] >= 0.5, y[idx], probs[idx])
-    out["cost_fraction"] = {"median": float(np.median([r["measured"]["seconds"] / (r["budget"] *
-                                                      r["measured"]["step_seconds"]) for r in runs])),
-                            "max": float(max(r["measured"]["seconds"] / (r["budget"] * r["measured"]["step_seconds"])
-                                             for r in runs))}
+    costs = [r["measured"]["seconds"] / (r["budget"] * r["measured"]["step_seconds"]) for r in runs
+             if r["measured"].get("step_seconds")]
+    out["cost_fraction"] = {"median": float(np.median(costs)), "max": float(max(costs)), "runs": len(costs),
+                            "untimed": len(runs) - len(costs)}
     out["reliability"] = reliability(probs, y)
     return out
 
@@ -246,13 +281,30 @@ def seed_agreement(runs) -> dict:
     return {"configurations": len(pairs), "agree": float(np.mean([a == b for a, b in pairs])) if pairs else None}
 
 
+def markdown(out: dict) -> str:
+    """The README's table of held-out scores."""
+    rows = [("forecast (rnndiag.forecast)", out["forecast"]),
+            ("today's verdict at init (healthy => trains)", out["baseline_verdict"]),
+            ("zero-cost proxy: " + out["baseline_zero_cost"]["rule"], out["baseline_zero_cost"]),
+            ("reduced training: " + out["baseline_reduced_training"]["rule"], out["baseline_reduced_training"])]
+    lines = ["| on held-out runs | accuracy | balanced accuracy | Brier | coverage |", "|---|---|---|---|---|"]
+    for name, sc in rows:
+        brier = f"{sc['brier']:.3f}" if "brier" in sc else "-"
+        cov = f"{sc['coverage']:.0%}" if "coverage" in sc else "-"
+        lines.append(f"| {name} | {sc['accuracy']:.1%} | {sc['balanced_accuracy']:.1%} | {brier} | {cov} |")
+    return "\n".join(lines)
+
+
 def export_evidence(db_path=EVIDENCE_DB, out=EVIDENCE) -> int:
     import sqlite3
 
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     rows = conn.execute("SELECT params, metrics FROM points WHERE status = 'done'").fetchall()
     conn.close()
-    lines = sorted(({**json.loads(p), "measured": json.loads(m)} for p, m in rows),
+    def kept(m: dict) -> dict:  # the probe's loss curve is for reports; the features do not use it
+        return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in m.items() if k != "probe_curve"}
+
+    lines = sorted(({**json.loads(p), "measured": kept(json.loads(m))} for p, m in rows),
                    key=lambda r: (r["config"], r["seed"]))
     tmp = Path(str(out) + ".tmp")
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
@@ -267,7 +319,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--score", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--l2", type=float, default=1.0)
+    ap.add_argument("--l2", type=float, default=None, help="L2 strength (default: cross-validated)")
     args = ap.parse_args(argv)
     if args.measure:
         import forecast_labels as labels
@@ -288,14 +340,18 @@ def main(argv=None) -> int:
     if args.export:
         print(f"{export_evidence()} measured runs -> {EVIDENCE}")
     if args.fit:
+        from rnndiag import forecast as fc
+
         table = fit(load_joined(), args.l2)
         print("COEFFICIENTS = " + json.dumps(table, indent=4))
+        fc.COEFFICIENTS.update(table)  # --score below scores this fit (paste it into rnndiag/forecast.py to ship it)
     if args.score:
         runs = load_joined()
         out = {"seed_agreement": seed_agreement(runs), **score(runs)}
         SCORES.write_text(json.dumps(out, indent=1) + "\n")
         draw_reliability(out["reliability"])
         print(json.dumps({k: v for k, v in out.items() if k != "reliability"}, indent=1))
+        print(markdown(out))
     return 0
 
 

@@ -244,6 +244,7 @@ def export(db_path=DB, out=LABELS) -> int:
         run = {**configs[p["config"]], "seed": p["seed"]}
         run["split"] = split(run)
         m = {k: v for k, v in m.items() if k != "torch"}
+        m["curve"] = [[step, None if v is None else float(f"{v:.4g}")] for step, v in m["curve"]]
         lines.append({**run, **m})
     lines.sort(key=lambda r: (r["config"], r["seed"]))
     tmp = Path(str(out) + ".tmp")

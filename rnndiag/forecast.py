@@ -37,6 +37,7 @@ from .engine import backward, forward
 from .jsonsafe import finite_or_none, jsonable
 from .model import RNNModel
 from .tasks import COPY_LENGTH, DIAGNOSIS_STREAM, task_problem
+from .train import TrainConfig, train
 
 TASKS = ("adding", "adding_hs97", "copy")  # the tasks the forecast was calibrated on
 TARGET_FRACTION = 0.1  # default success criterion: the held-out loss reaches 0.1 x the trivial baseline
@@ -52,30 +53,60 @@ TIMING_STEPS = 4  # training steps that measure the step time where no probe is 
 FEATURES = {
     "reach_init": ("log10 gradient reach at the initial weights, where it falls (0 where it grows)", (-20.0, 0.0)),
     "growth_init": ("log10 gradient growth at the initial weights, where it grows (0 where it falls)", (0.0, 20.0)),
-    "reach_gate": ("log10 gradient reach with the memory gate's bias + 2 (the initial reach for ungated cells)",
-                   (-20.0, 0.0)),
+    "reach_gate": ("log10 gradient reach the memory gate can give: the better of the reach with its bias + 2 and "
+                   "without (the initial reach for ungated cells)", (-20.0, 0.0)),
     "gated": ("1 for LSTM and GRU, 0 for plain RNNs", (0.0, 1.0)),
     "lyapunov": ("top Lyapunov exponent at the initial weights, nats/step", (-2.0, 2.0)),
-    "log_lr_steps": ("log10(learning rate x budget steps)", (-2.0, 3.0)),
+    "log_lr": ("log10 learning rate", (-6.0, 1.0)),
+    "log_lr_squared": ("(log10 learning rate)^2: too small and too large both fail", (0.0, 36.0)),
+    "log_steps": ("log10 budget steps", (0.0, 6.0)),
     "sgd": ("1 for SGD with momentum, 0 for Adam", (0.0, 1.0)),
-    "log_dependency": ("log10 of the dependency length (adding: T; copy: T + 10)", (0.5, 3.0)),
+    "copy": ("1 for the copy task, 0 for adding", (0.0, 1.0)),
+    "log_dependency": ("log10 of the dependency length (adding: T; copy: T + 10)", (0.3, 4.0)),
+    "log_hidden": ("log10 hidden size", (0.0, 4.0)),
     "probe_loss": ("log10(held-out loss after the probe / target)", (-2.0, 2.0)),
     "probe_extrapolated": ("log10(training loss extrapolated to the budget / target)", (-3.0, 2.0)),
-    "reach_probe": ("log10 gradient reach at the probed weights (clipped at 0)", (-20.0, 0.0)),
-    "probe_diverged": ("1 if the probe's loss or gradient became non-finite", (0.0, 1.0)),
-    "probe_spike": ("log10(largest / median gradient norm over the probe)", (0.0, 4.0)),
 }
-ZERO_COST_FEATURES = ("reach_init", "growth_init", "reach_gate", "gated", "lyapunov", "log_lr_steps", "sgd",
-                      "log_dependency")
-PROBE_FEATURES = (*ZERO_COST_FEATURES, "probe_loss", "probe_extrapolated", "reach_probe", "probe_diverged",
-                  "probe_spike")
+ZERO_COST_FEATURES = ("reach_init", "growth_init", "reach_gate", "gated", "lyapunov", "log_lr", "log_lr_squared",
+                      "log_steps", "sgd", "copy", "log_dependency", "log_hidden")
+PROBE_FEATURES = (*ZERO_COST_FEATURES, "probe_loss", "probe_extrapolated")
+# measured and reported with every probe, but not in the model (cross-validation on the tuning runs found they
+# added noise): the reach at the probed weights, divergence (a diverged probe's held-out loss is already the
+# worst), the largest gradient spike
 
-# The fitted logistic models: log-odds = intercept + sum(coefficient x clipped feature), features in FEATURES'
-# units. Fitted by benchmarks/forecast_fit.py on the tuning part of benchmarks/forecast_labels.jsonl (seed 0 of the
-# configurations outside the held-out slices); see the README for the held-out scores.
+# The fitted logistic models: log-odds = intercept + sum(coefficient x (clipped feature - centre)), features in
+# FEATURES' units, centres their means over the tuning runs. Fitted by benchmarks/forecast_fit.py --fit on the
+# tuning part of benchmarks/forecast_labels.jsonl (seed 0 of the 134 configurations outside the held-out slices,
+# 37% of which train; L2 strength by 5-fold cross-validation), 2026-12-06; the README has the held-out scores.
 COEFFICIENTS = {
-    "probe": {"intercept": 0.0, **{name: 0.0 for name in PROBE_FEATURES}},
-    "zero_cost": {"intercept": 0.0, **{name: 0.0 for name in ZERO_COST_FEATURES}},
+    "probe": {
+        "intercept": -2.47137,
+        "coefficients": {
+            "reach_init": 0.140862, "growth_init": 0.0266929, "reach_gate": 0.00459366, "gated": 3.16148,
+            "lyapunov": 0.190547, "log_lr": 1.8481, "log_lr_squared": -0.21285, "log_steps": 4.7376, "sgd": -4.32321,
+            "copy": -5.89126, "log_dependency": -3.18389, "log_hidden": -0.0584238, "probe_loss": -5.28754,
+            "probe_extrapolated": 0.255375
+        },
+        "centers": {
+            "reach_init": -5.315, "growth_init": 0.500538, "reach_gate": -3.9519, "gated": 0.552239,
+            "lyapunov": -0.479168, "log_lr": -2.66847, "log_lr_squared": 7.86548, "log_steps": 3.03819,
+            "sgd": 0.119403, "copy": 0.149254, "log_dependency": 1.4053, "log_hidden": 1.59052,
+            "probe_loss": 1.04175, "probe_extrapolated": 0.613266
+        },
+    },
+    "zero_cost": {
+        "intercept": -1.83814,
+        "coefficients": {
+            "reach_init": 0.118191, "growth_init": -0.155829, "reach_gate": 0.0456232, "gated": 2.53804,
+            "lyapunov": -0.265326, "log_lr": 1.21353, "log_lr_squared": -0.236046, "log_steps": 4.06682,
+            "sgd": -3.12709, "copy": -4.05737, "log_dependency": -1.97352, "log_hidden": 0.503752
+        },
+        "centers": {
+            "reach_init": -5.315, "growth_init": 0.500538, "reach_gate": -3.9519, "gated": 0.552239,
+            "lyapunov": -0.479168, "log_lr": -2.66847, "log_lr_squared": 7.86548, "log_steps": 3.03819,
+            "sgd": 0.119403, "copy": 0.149254, "log_dependency": 1.4053, "log_hidden": 1.59052
+        },
+    },
 }
 
 
@@ -93,8 +124,6 @@ class Budget:
     target_loss: float | None = None  # None: TARGET_FRACTION x the task's trivial baseline
 
     def __post_init__(self):
-        from .train import TrainConfig
-
         TrainConfig(steps=self.steps, optimizer=self.optimizer, lr=self.lr, batch_size=self.batch_size,
                     momentum=self.momentum, clip=self.clip, clip_threshold=self.clip_threshold)  # validates
         if self.target_loss is not None and not (isinstance(self.target_loss, (int, float)) and
@@ -241,8 +270,6 @@ def _loss_trend(losses: list[float]) -> float | None:
 def run_probe(model: RNNModel, task: str, seq_len: int, seed: int, budget: Budget, deadline, max_steps: int) -> dict:
     """rnndiag's training of the configuration, stopped when ``deadline(step_seconds)`` says the allowance is used
     (or after ``max_steps``): the losses, the step times, the probed model and readout."""
-    from .train import TrainConfig, train
-
     cfg = TrainConfig(task=task, seq_len=seq_len, batch_size=budget.batch_size, steps=max(1, max_steps),
                       optimizer=budget.optimizer, lr=budget.lr, momentum=budget.momentum, clip=budget.clip,
                       clip_threshold=budget.clip_threshold, seed=seed, diag_points=2,
@@ -256,8 +283,9 @@ def run_probe(model: RNNModel, task: str, seq_len: int, seed: int, budget: Budge
         last[0] = now
         return not deadline(float(np.median(times)))
 
+    t0 = time.perf_counter()
     result = train(model, cfg, progress=progress)
-    return {"result": result, "step_times": times}
+    return {"result": result, "step_times": times, "seconds": time.perf_counter() - t0}
 
 
 def method_of(measured: dict) -> str:
@@ -278,38 +306,39 @@ def features(measured: dict, budget: Budget, task: str, seq_len: int, cell: str,
     """The model's inputs from the measured numbers (``budget_steps``: another budget, for what-ifs)."""
     steps = budget_steps or budget.steps
     target = measured["target_loss"]
+    lr = math.log10(budget.lr)
     f = {"reach_init": min(measured["reach_init"], 0.0), "growth_init": max(measured["reach_init"], 0.0),
-         "reach_gate": min(measured["reach_gate"], 0.0),
+         "reach_gate": min(max(measured["reach_gate"], measured["reach_init"]), 0.0),
          "gated": 1.0 if cell in ("lstm", "gru") else 0.0, "lyapunov": measured.get("lyapunov_top") or 0.0,
-         "log_lr_steps": math.log10(budget.lr * steps), "sgd": 1.0 if budget.optimizer == "sgd" else 0.0,
-         "log_dependency": math.log10(dependency_length(task, seq_len))}
+         "log_lr": lr, "log_lr_squared": lr * lr, "log_steps": math.log10(steps),
+         "sgd": 1.0 if budget.optimizer == "sgd" else 0.0, "copy": 1.0 if task == "copy" else 0.0,
+         "log_dependency": math.log10(dependency_length(task, seq_len)),
+         "log_hidden": math.log10(measured["hidden_size"])}
     if method_of(measured) == "probe":
         test = measured.get("probe_test_loss")
         f["probe_loss"] = math.log10(test / target) if test else None
-        f["probe_diverged"] = 1.0 if measured.get("probe_diverged") else 0.0
         end, trend = measured.get("probe_end_loss"), measured.get("probe_trend")
         if end and trend is not None and measured["probe_steps"] > 0:
             trend = min(max(trend, -3.0), 0.5)
             f["probe_extrapolated"] = math.log10(end / target) + trend * math.log10(steps / measured["probe_steps"])
         else:
             f["probe_extrapolated"] = f["probe_loss"]
-        reach = measured.get("reach_probe")
-        f["reach_probe"] = None if reach is None else min(reach, 0.0)
-        f["probe_spike"] = measured.get("probe_spike")
     return {name: _clipped(name, value) for name, value in f.items()}
 
 
 def predict(feats: dict, method: str) -> tuple[float, dict]:
-    """(probability, each feature's term in the log-odds) under the fitted model ``method``."""
-    coef = COEFFICIENTS[method]
-    terms = {name: coef[name] * feats[name] for name in coef if name != "intercept"}
-    z = coef["intercept"] + sum(terms.values())
+    """(probability, each feature's term in the log-odds) under the fitted model ``method``: a term is the
+    coefficient times the feature's distance from its centre (its mean over the tuning runs), so it says how much
+    this feature moves the odds away from those of a typical configuration."""
+    model = COEFFICIENTS[method]
+    terms = {name: c * (feats[name] - model["centers"][name]) for name, c in model["coefficients"].items()}
+    z = model["intercept"] + sum(terms.values())
     return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0))), terms
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, names, l2: float = 1.0) -> dict:
-    """L2-regularised logistic regression on standardised features (the intercept is not penalised), returned as
-    the raw-unit table :data:`COEFFICIENTS` holds: ``{"intercept": b, name: c, ...}``."""
+    """L2-regularised logistic regression on standardised features (the intercept is not penalised), in raw units:
+    ``{"intercept": b, name: c, ...}`` with log-odds = b + sum(c x feature)."""
     from scipy.optimize import minimize
 
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -327,6 +356,15 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, names, l2: float = 1.0) -> dict:
     w = minimize(loss, np.zeros(X.shape[1] + 1), jac=True, method="L-BFGS-B").x
     coef = w[1:] / sd
     return {"intercept": float(w[0] - coef @ mu), **{n: float(c) for n, c in zip(names, coef)}}
+
+
+def centered(raw: dict, X: np.ndarray, names) -> dict:
+    """A :func:`fit_logistic` table as :data:`COEFFICIENTS` holds it: the features' centres (their means over
+    ``X``), the coefficients, and the intercept at the centres (the log-odds of a typical configuration)."""
+    centers = {n: float(v) for n, v in zip(names, np.asarray(X, dtype=np.float64).mean(axis=0))}
+    coefficients = {n: raw[n] for n in names}
+    return {"intercept": raw["intercept"] + sum(coefficients[n] * centers[n] for n in names),
+            "coefficients": coefficients, "centers": centers}
 
 
 # -- the forecast ---------------------------------------------------------------------------------------------
@@ -357,12 +395,17 @@ def measure(model: RNNModel, task: str, seq_len: int, budget: Budget, *, seed: i
     measured["zero_cost_seconds"] = clock() - t0
     baseline = task_problem(task, seq_len, 1, seed, model.output_size, input_size=model.input_size).batch.baseline
     target = budget.target_loss if budget.target_loss is not None else TARGET_FRACTION * baseline
-    measured.update(baseline=baseline, target_loss=target, diagnosis_reused=diagnosis is not None)
+    measured.update(baseline=baseline, target_loss=target, diagnosis_reused=diagnosis is not None,
+                    hidden_size=model.hidden_size)
     allowance = MAX_COST_FRACTION * budget.steps
     affordable = int(PROBE_RESERVE * allowance)
 
-    def deadline(step_s: float) -> bool:  # another step (and the reach after it) would pass the allowance
-        return clock() - t0 + 3 * step_s >= PROBE_RESERVE * allowance * step_s
+    # what follows the probe (its held-out loss, the reach at the probed weights) costs about what the zero-cost
+    # measurements did, plus a step or two: kept in reserve, so that tiny models with fixed overheads stay within
+    post = measured["zero_cost_seconds"]
+
+    def deadline(step_s: float) -> bool:  # another step and the work after the probe would pass the allowance
+        return clock() - t0 + post + 3 * step_s >= PROBE_RESERVE * allowance * step_s
 
     probing = affordable >= MIN_PROBE_STEPS
     # without a probe, four steps still measure the step time (the first and last run the scheduled diagnostics)
@@ -372,7 +415,9 @@ def measure(model: RNNModel, task: str, seq_len: int, budget: Budget, *, seed: i
     h = result.history
     steps = h.iterations
     plain = times[1:-1] if len(times) >= TIMING_STEPS else times  # the steps without scheduled diagnostics
-    measured.update(step_seconds=float(np.median(plain)) if plain else None, probe_steps=steps if probing else 0,
+    # a probe that diverged at its first step timed none: its whole time then counts as one step (an upper bound)
+    step = float(np.median(plain)) if plain else probe["seconds"] / (steps + 1)
+    measured.update(step_seconds=step, probe_steps=steps if probing else 0,
                     probe_planned=probing, probe_diverged=result.diverged, probe_stopped=h.stopped)
     if measured.get("lyapunov_top") is None and h.diag:  # the probe's diagnostic at iteration 0: the weights given
         measured["lyapunov_top"] = finite_or_none(h.diag[0].layers[-1].top_lyapunov)

@@ -77,17 +77,30 @@ def test_loss_trend_is_the_power_law_exponent():
 
 # -- the model ----------------------------------------------------------------------------------------------------
 def test_predict_is_the_logistic_of_the_table(monkeypatch):
-    coef = {"intercept": 0.5, **{n: 0.0 for n in fc.ZERO_COST_FEATURES}, "reach_init": 0.25, "gated": -1.0}
-    monkeypatch.setitem(fc.COEFFICIENTS, "zero_cost", coef)
-    feats = {n: 0.0 for n in fc.ZERO_COST_FEATURES} | {"reach_init": -4.0, "gated": 1.0}
+    names = fc.ZERO_COST_FEATURES
+    model = {"intercept": 0.5, "coefficients": {n: 0.0 for n in names} | {"reach_init": 0.25, "gated": -1.0},
+             "centers": {n: 0.0 for n in names} | {"reach_init": -2.0}}
+    monkeypatch.setitem(fc.COEFFICIENTS, "zero_cost", model)
+    feats = {n: 0.0 for n in names} | {"reach_init": -4.0, "gated": 1.0}
     p, terms = fc.predict(feats, "zero_cost")
-    assert terms["reach_init"] == -1.0 and terms["gated"] == -1.0
-    assert p == pytest.approx(1 / (1 + math.exp(-(0.5 - 1.0 - 1.0))), abs=1e-15)
+    assert terms["reach_init"] == -0.5 and terms["gated"] == -1.0  # 0.25 x (-4 - (-2)); -1 x (1 - 0)
+    assert p == pytest.approx(1 / (1 + math.exp(-(0.5 - 0.5 - 1.0))), abs=1e-15)
+
+
+def test_centering_keeps_the_fitted_model():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 2)) + np.array([3.0, -1.0])
+    raw = {"intercept": 0.3, "a": 1.5, "b": -0.7}
+    c = fc.centered(raw, X, ["a", "b"])
+    for x in X[:5]:
+        z_raw = raw["intercept"] + 1.5 * x[0] - 0.7 * x[1]
+        z_c = c["intercept"] + sum(c["coefficients"][n] * (v - c["centers"][n]) for n, v in zip("ab", x))
+        assert z_c == pytest.approx(z_raw, abs=1e-12)
 
 
 def test_features_are_clipped_to_their_ranges():
     m = {"reach_init": -math.inf, "reach_gate": 5.0, "lyapunov_top": None, "target_loss": 0.01,
-         "probe_steps": 0}
+         "probe_steps": 0, "hidden_size": 16}
     f = fc.features(m, fc.Budget(steps=100), "adding", 20, "gru")
     assert f["reach_init"] == fc.FEATURES["reach_init"][1][0]
     assert f["reach_gate"] == fc.FEATURES["reach_gate"][1][1]
@@ -158,15 +171,15 @@ def test_a_vanishing_gru_forecast_cites_the_gate_sensitivity(gru_forecast):
 
 
 def test_undecided_forecast_suggests_a_budget(monkeypatch, gru_forecast):
-    coef = {n: 0.0 for n in fc.COEFFICIENTS[gru_forecast.method]}
-    coef["log_lr_steps"] = 1.0
-    coef["intercept"] = -gru_forecast.features["log_lr_steps"]  # p = 0.5 at this budget, higher at a larger one
-    monkeypatch.setitem(fc.COEFFICIENTS, gru_forecast.method, coef)
+    names = fc.PROBE_FEATURES if gru_forecast.method == "probe" else fc.ZERO_COST_FEATURES
+    model = {"intercept": 0.0, "coefficients": {n: 0.0 for n in names} | {"log_steps": 1.0},
+             "centers": dict(gru_forecast.features)}  # p = 0.5 at this budget, higher at a larger one
+    monkeypatch.setitem(fc.COEFFICIENTS, gru_forecast.method, model)
     m = init_model("gru", 2, 16, init="tutorial", seed=0)
     f = fc.decide(gru_forecast.measured, m, "adding", 40, gru_forecast.budget)
     assert not f.decided and f.probability == pytest.approx(0.5)
     assert f.suggestion is not None and "at 3200 steps" in f.suggestion  # log10(8) = 0.90: p = 0.71
-    coef["intercept"] += 3.0
+    model["intercept"] = 3.0
     assert fc.decide(gru_forecast.measured, m, "adding", 40, gru_forecast.budget).suggestion is None
 
 
@@ -230,3 +243,15 @@ def test_init_ranks_schemes_by_the_forecast(tmp_path):
     assert "forecast probability" in d["ranking_rule"]
     probs = [r["forecast"]["probability"] for r in d["results"]]
     assert probs == sorted(probs, reverse=True)
+
+
+def test_a_probe_that_diverges_at_once_is_evidence_not_a_missing_probe():
+    """relu, orthogonal x 1000, T = 100: the loss overflows at the first step. The probe counts (diverged), the step
+    time falls back to the probe's whole time, and the cost is still a number."""
+    m = init_model("rnn_relu", 2, 16, init="orthogonal", gain=1000.0, seed=0)
+    f = fc.forecast(m, "adding", 100, fc.Budget(steps=1000, lr=0.01, clip="none", clip_threshold=None))
+    assert f.measured["probe_diverged"] and f.method == "probe"
+    assert f.features["probe_loss"] == fc.FEATURES["probe_loss"][1][1]  # no held-out loss: the worst
+    assert math.isfinite(f.cost_fraction) and f.step_seconds > 0
+    assert any("the probe diverged" in r for r in f.reasons)
+    assert any("exploding" in r for r in f.reasons)

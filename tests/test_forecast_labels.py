@@ -59,3 +59,24 @@ def test_a_label_run_starts_from_rnndiag_weights_and_trains_in_torch():
     x, y = labels.copy_batch(torch, 10, 5, torch.Generator().manual_seed(0))
     assert x.shape == (30, 5, 10) and y.shape == (10, 5)
     assert torch.equal(x[:10].argmax(-1) - 1, y) and bool((x[19].argmax(-1) == 9).all())
+
+
+def test_the_shipped_coefficients_reproduce_the_published_scores():
+    """The committed labels, measurements and COEFFICIENTS give the held-out scores in forecast_scores.json (and
+    the README): refitting on the tuning part gives the shipped table back."""
+    import json
+
+    fit = pytest.importorskip("forecast_fit")
+    from rnndiag import forecast as fc
+
+    runs = fit.load_joined()
+    assert len(runs) == 2 * len(labels.sample_configs())
+    published = json.loads((BENCH / "forecast_scores.json").read_text())
+    scored = fit.score(runs)
+    for key in ("accuracy", "balanced_accuracy", "brier", "coverage"):
+        assert scored["forecast"][key] == pytest.approx(published["forecast"][key], abs=1e-6), key
+    assert 0.35 <= scored["held_out"]["train_share"] <= 0.65 and scored["held_out"]["runs"] >= 150
+    refit = fit.fit(runs)
+    for method, model in refit.items():
+        for name, c in model["coefficients"].items():
+            assert c == pytest.approx(fc.COEFFICIENTS[method]["coefficients"][name], rel=1e-4, abs=1e-6), name
