@@ -206,3 +206,12 @@ def freeze_report_clock(monkeypatch, when) -> None:
             return when
 
     monkeypatch.setattr("rnndiag.files._dt.datetime", Frozen)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: a non-interactive shell that started the test
+    run in the background (``cmd &``) sets SIGINT to ignored, and children inherit that; restore the default so
+    Python in the child raises KeyboardInterrupt as it does under a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)

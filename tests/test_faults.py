@@ -25,6 +25,7 @@ from _cli_helpers import (
     assert_clean_exit,
     assert_one_line_error,
     freeze_report_clock,
+    interruptible,
     invoke,
     run_cli,
     snapshot,
@@ -537,7 +538,8 @@ def test_sigint_during_training_names_the_checkpoint_in_a_real_process(tmp_path)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rnndiag", *TRAIN, "--hidden-size", "32", "--seq-len", "50",
                              "--steps", "100000", "--checkpoint", ck, "--checkpoint-every", "5", "--format", "none"],
-                            cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                            cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=interruptible)
     deadline = time.time() + 60
     while not ck.exists() and time.time() < deadline:
         time.sleep(0.1)

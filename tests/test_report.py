@@ -27,6 +27,7 @@ from _cli_helpers import (
     assert_one_line_error,
     diff_snapshots,
     hidden_temp_entries,
+    interruptible,
     invoke,
     png_info,
     snapshot,
@@ -432,7 +433,8 @@ def test_ctrl_c_in_a_subprocess_leaves_nothing(tmp_path):
     cmd = [sys.executable, "-m", "rnndiag", "analyze", "--hidden-size", "2", "--batch-size", "1", "--task", "noise",
            "--seq-len", "100000", "--out", "out"]
     before = snapshot(tmp_path)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     try:
         time.sleep(4.0)  # imports take < 1 s; the analysis of T = 100000 takes far longer
         assert proc.poll() is None, "the run ended before it could be interrupted"
