@@ -782,6 +782,20 @@ def test_json_path_exists_refused_before_writing(tmp_path):
     assert snapshot(tmp_path) == before, diff_snapshots(before, snapshot(tmp_path))
 
 
+def test_json_path_inside_a_new_out_folder_says_so(tmp_path):
+    """--out r --json r/m.json with r not yet made: one line naming the clash (not "folder 'r' does not exist");
+    with r existing, both are written."""
+    before = snapshot(tmp_path)
+    res = invoke(["analyze", *SMALL, "--out", tmp_path / "r", "--json", tmp_path / "r" / "m.json", "-q"])
+    assert_one_line_error(res)
+    assert "inside the --out folder" in res.stderr and "does not exist yet" in res.stderr
+    assert snapshot(tmp_path) == before, diff_snapshots(before, snapshot(tmp_path))
+    (tmp_path / "r").mkdir()
+    res = invoke(["analyze", *SMALL, "--out", tmp_path / "r", "--json", tmp_path / "r" / "m.json", "-q"])
+    assert_clean_exit(res)
+    assert strict_json((tmp_path / "r" / "m.json").read_text()) == _metrics(tmp_path / "r")
+
+
 @pytest.mark.parametrize("where", ["missing-folder", "is-a-folder"])
 def test_json_path_unwritable_is_one_line(tmp_path, where):
     dest = tmp_path / "no" / "such" / "m.json" if where == "missing-folder" else tmp_path

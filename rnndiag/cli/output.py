@@ -135,7 +135,12 @@ def output_request(opts: dict) -> OutputRequest:
     work."""
     out, force = opts["out"], opts["force"]
     chosen = parse_formats(opts["formats"])
-    json_path = _json_path(opts["json_to"], force)
+    json_to = opts["json_to"]
+    if json_to not in (None, "-") and out is not None and not Path(out).exists() and \
+            Path(os.path.abspath(out)) in Path(os.path.abspath(json_to)).parents:
+        raise InputError(f"--json {json_to!r} is inside the --out folder {str(out)!r}, which does not exist yet; the "
+                         "report folder holds metrics.json anyway: give --json a path outside it")
+    json_path = _json_path(json_to, force)
     if json_path is not None:  # --json PATH: metrics.json in the report too
         chosen = tuple(sorted(set(chosen) | {"json"}))
         if out is not None and same_path(json_path, out):
