@@ -249,12 +249,9 @@ def reliability(probs, y, bins: int = 10) -> list[dict]:
 
 
 def draw_reliability(rel: list[dict], path=DIAGRAM) -> None:
-    import matplotlib
+    from rnndiag.render.figures import new_axes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+    fig, ax = new_axes(4.2, 4.2)  # a Figure on the Agg canvas, as rnndiag's reports draw them (no pyplot state)
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
     x = [b["mean_probability"] for b in rel]
     ax.plot(x, [b["share_trained"] for b in rel], "o-", color="#1f6feb", label="forecast (held-out runs)")
@@ -267,8 +264,7 @@ def draw_reliability(rel: list[dict], path=DIAGRAM) -> None:
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Reliability on held-out runs", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, dpi=110)
 
 
 def seed_agreement(runs) -> dict:

@@ -33,6 +33,7 @@ import numpy as np
 
 from .analysis.flow import horizon as horizon_of
 from .analysis.settings import HORIZON_FACTOR
+from .cells import cell_module, gate_rows, is_gated
 from .engine import backward, forward
 from .jsonsafe import finite_or_none, jsonable
 from .model import RNNModel
@@ -166,7 +167,7 @@ class Forecast:
 
     def to_dict(self) -> dict:
         rule = (f"logistic model '{self.method}' (rnndiag.forecast.COEFFICIENTS): log-odds = intercept + "
-                "sum(coefficient x feature); trains if probability >= 0.5; undecided between "
+                "sum(coefficient x (feature - centre)); trains if probability >= 0.5; undecided between "
                 f"{UNDECIDED[0]} and {UNDECIDED[1]}")
         return jsonable({
             "trains": self.trains, "probability": self.probability, "decided": self.decided,
@@ -214,8 +215,6 @@ def gradient_reach(model: RNNModel, problem, task: str, seq_len: int) -> Reach:
 def shift_memory_gate(model: RNNModel, delta: float) -> RNNModel | None:
     """The model with every layer's memory-gate bias (LSTM forget, GRU update) raised by ``delta``: longer memory;
     None for cells without a memory gate or without biases."""
-    from .cells import cell_module, gate_rows
-
     gate = cell_module(model.cell).MEMORY_GATE
     if gate is None or not model.bias:
         return None
@@ -226,10 +225,6 @@ def shift_memory_gate(model: RNNModel, delta: float) -> RNNModel | None:
             b[gate_rows(model.cell, gate, model.hidden_size)] += delta
             params[name] = b
     return model.with_params(params)
-
-
-def memory_gate_name(cell: str) -> str | None:
-    return {"lstm": "forget", "gru": "update"}.get(cell)
 
 
 def zero_cost(model: RNNModel, task: str, seq_len: int, seed: int, diagnosis=None) -> dict:
@@ -258,16 +253,17 @@ def _loss_trend(losses: list[float]) -> float | None:
     n = len(losses)
     if n < 8:
         return None
-    half = np.asarray(losses[n // 2:], dtype=np.float64)
-    windows = np.array_split(np.arange(n // 2, n), 4)
+    windows = np.array_split(np.arange(n // 2, n), 4)  # steps (0-based) of the second half, in four windows
+    loss = np.asarray(losses, dtype=np.float64)
     x = np.log10([w.mean() + 1.0 for w in windows])
-    y = np.log10([max(float(np.mean(half[w - n // 2])), 1e-12) for w in windows])
+    y = np.log10([max(float(loss[w].mean()), 1e-12) for w in windows])
     if not np.isfinite(y).all():
         return None
     return float(np.polyfit(x, y, 1)[0])
 
 
-def run_probe(model: RNNModel, task: str, seq_len: int, seed: int, budget: Budget, deadline, max_steps: int) -> dict:
+def run_probe(model: RNNModel, task: str, seq_len: int, seed: int, budget: Budget, deadline, max_steps: int,
+              clock=time.perf_counter) -> dict:
     """rnndiag's training of the configuration, stopped when ``deadline(step_seconds)`` says the allowance is used
     (or after ``max_steps``): the losses, the step times, the probed model and readout."""
     cfg = TrainConfig(task=task, seq_len=seq_len, batch_size=budget.batch_size, steps=max(1, max_steps),
@@ -275,17 +271,17 @@ def run_probe(model: RNNModel, task: str, seq_len: int, seed: int, budget: Budge
                       clip_threshold=budget.clip_threshold, seed=seed, diag_points=2,
                       eval_batch=max(budget.batch_size, 64))
     times: list[float] = []
-    last = [time.perf_counter()]
+    last = [clock()]
 
     def progress(i, loss, norm):
-        now = time.perf_counter()
+        now = clock()
         times.append(now - last[0])
         last[0] = now
         return not deadline(float(np.median(times)))
 
-    t0 = time.perf_counter()
+    t0 = clock()
     result = train(model, cfg, progress=progress)
-    return {"result": result, "step_times": times, "seconds": time.perf_counter() - t0}
+    return {"result": result, "step_times": times, "seconds": clock() - t0}
 
 
 def method_of(measured: dict) -> str:
@@ -309,7 +305,7 @@ def features(measured: dict, budget: Budget, task: str, seq_len: int, cell: str,
     lr = math.log10(budget.lr)
     f = {"reach_init": min(measured["reach_init"], 0.0), "growth_init": max(measured["reach_init"], 0.0),
          "reach_gate": min(max(measured["reach_gate"], measured["reach_init"]), 0.0),
-         "gated": 1.0 if cell in ("lstm", "gru") else 0.0, "lyapunov": measured.get("lyapunov_top") or 0.0,
+         "gated": 1.0 if is_gated(cell) else 0.0, "lyapunov": measured.get("lyapunov_top") or 0.0,
          "log_lr": lr, "log_lr_squared": lr * lr, "log_steps": math.log10(steps),
          "sgd": 1.0 if budget.optimizer == "sgd" else 0.0, "copy": 1.0 if task == "copy" else 0.0,
          "log_dependency": math.log10(dependency_length(task, seq_len)),
@@ -410,7 +406,7 @@ def measure(model: RNNModel, task: str, seq_len: int, budget: Budget, *, seed: i
     probing = affordable >= MIN_PROBE_STEPS
     # without a probe, four steps still measure the step time (the first and last run the scheduled diagnostics)
     probe = run_probe(model, task, seq_len, seed, budget, deadline if probing else (lambda s: False),
-                      affordable if probing else TIMING_STEPS)
+                      affordable if probing else TIMING_STEPS, clock)
     result, times = probe["result"], probe["step_times"]
     h = result.history
     steps = h.iterations
@@ -470,7 +466,7 @@ def decide(measured: dict, model: RNNModel, task: str, seq_len: int, budget: Bud
                          f"own loss through a seeded readout; a probe trained by rnndiag")
     return Forecast(p >= 0.5, p, decided, method, task, seq_len, measured["target_loss"], measured["baseline"],
                     budget, measured.get("probe_steps", 0), cost, measured["seconds"], step_s or math.nan, feats,
-                    terms, {k: v for k, v in measured.items()}, tuple(_reasons(measured, model, task, seq_len,
+                    terms, dict(measured), tuple(_reasons(measured, model, task, seq_len,
                                                                               budget, method, p, terms)),
                     suggestion, seen)
 
@@ -517,7 +513,7 @@ def _reasons(m: dict, model: RNNModel, task: str, seq_len: int, budget: Budget, 
                f"information enters is {_pow10(reach)} of its value at the last step (input horizon "
                f"{_steps(m['input_horizon_init'], m['input_horizon_init_censored'])} steps; the dependency spans "
                f"{dep})")
-    gate = memory_gate_name(model.cell)
+    gate = cell_module(model.cell).MEMORY_GATE_NAME
     if gate is not None:
         line = (f"{gate} gate bias sensitivity: input horizon "
                 f"{_steps(m['input_horizon_init'], m['input_horizon_init_censored'])} -> "

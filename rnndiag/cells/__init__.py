@@ -10,6 +10,8 @@ Each cell module states what it is in constants, which the rest of the package d
     is the matrix whose spectrum the analysis reports first.
 ``MEMORY_GATE``
     The gate that keeps the state (LSTM f, GRU z), or None for a cell without gates.
+``MEMORY_GATE_NAME``
+    That gate's name in words ("forget", "update"), or None.
 ``FORGET_GATE``
     The gate whose bias ``forget_bias`` sets (LSTM f), or None.
 ``STATE_NAMES`` and ``STATE_FACTOR``

@@ -35,6 +35,7 @@ from ._rows import matmul_rows, prev_rows, row_scaled_sum, rows
 GATE_NAMES = ("r", "z", "n")  # PyTorch's order of the gate blocks
 CANDIDATE_GATE = "n"  # the tanh block that makes the new content
 MEMORY_GATE = "z"  # keeps the memory: h_t = (1 - z) n + z h_{t-1}; a mean z keeps about -1/ln z steps
+MEMORY_GATE_NAME = "update"
 FORGET_GATE = None  # forget_bias is an LSTM setting
 STATE_NAMES = ("h",)  # the state s
 STATE_FACTOR = len(STATE_NAMES)

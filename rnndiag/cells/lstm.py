@@ -62,6 +62,7 @@ from ._rows import matmul_rows, prev_rows, row_scaled_sum, rows
 GATE_NAMES = ("i", "f", "g", "o")  # PyTorch's order of the gate blocks
 CANDIDATE_GATE = "g"  # the tanh block that makes the new content
 MEMORY_GATE = "f"  # keeps the memory: c_t = f c_{t-1} + ...; a mean f keeps about -1/ln f steps
+MEMORY_GATE_NAME = "forget"
 FORGET_GATE = "f"  # the gate whose bias ``forget_bias`` sets (Jozefowicz et al. 2015)
 STATE_NAMES = ("h", "c")  # the state s = [h; c]
 STATE_FACTOR = len(STATE_NAMES)

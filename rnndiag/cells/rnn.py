@@ -25,6 +25,7 @@ from ._rows import matmul_rows, rows
 GATE_NAMES = ("h",)  # one block: W_hh itself
 CANDIDATE_GATE = "h"  # the block whose nonlinearity makes the new content (here the whole step)
 MEMORY_GATE = None  # no gate keeps the state: not a gated cell
+MEMORY_GATE_NAME = None
 FORGET_GATE = None  # no forget-gate bias to set
 STATE_NAMES = ("h",)  # the state s
 STATE_FACTOR = len(STATE_NAMES)  # state size = STATE_FACTOR * H

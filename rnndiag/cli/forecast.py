@@ -27,7 +27,7 @@ from .requests import (
     training_options,
     weights_options,
 )
-from .train import _clip_strategy
+from .train import clip_strategy
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def forecast_request(opts: dict) -> ForecastRequest:
     if training.task not in TASKS:
         raise InputError(f"the forecast is calibrated on the {', '.join(TASKS)} tasks; got --task {training.task}: "
                          "choose one of them, or see with rnndiag train")
-    return ForecastRequest(model, training, opts["steps"], _clip_strategy(opts["clip_spec"]), opts["clip_spec"],
+    return ForecastRequest(model, training, opts["steps"], clip_strategy(opts["clip_spec"]), opts["clip_spec"],
                            opts["target_loss"], output)
 
 

@@ -53,7 +53,7 @@ class TrainRequest:
     output: OutputRequest
 
 
-def _clip_strategy(text: str) -> tuple[str, float | None]:
+def clip_strategy(text: str) -> tuple[str, float | None]:
     from ..experiments import parse_strategies
 
     if not text.strip():
@@ -96,7 +96,7 @@ def _checkpoint(opts: dict, output: OutputRequest) -> Path | None:
 def train_request(opts: dict) -> TrainRequest:
     output = output_request(opts)
     model, training = ModelRequest.from_options(opts, given_options()), TrainingRequest.from_options(opts)
-    clip = _clip_strategy(opts["clip_spec"])
+    clip = clip_strategy(opts["clip_spec"])
     checkpoint = _checkpoint(opts, output)
     return TrainRequest(model, training, opts["steps"], clip, opts["clip_spec"], opts["schedule"], opts["diag_points"],
                         checkpoint, opts["checkpoint_every"], opts["resume"], output)
