@@ -84,7 +84,7 @@ class TrainConfig:
 
     def schedule_iterations(self) -> list[int]:
         """The iterations (0-based, before the update) at which diagnostics run; always includes 0 and the last."""
-        n, last = self.diag_points, self.steps - 1
+        n, last = min(self.diag_points, self.steps), self.steps - 1  # more points than steps: one per step
         if last == 0:
             return [0]
         if self.schedule == "linear":

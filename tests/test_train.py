@@ -144,6 +144,12 @@ def test_log_schedule_with_few_points(points):
     assert _cfg(steps=50, diag_points=points, schedule="log").schedule_iterations() == [0, 49]
 
 
+@pytest.mark.parametrize("schedule", ["log", "linear"])
+def test_more_points_than_steps_is_one_per_step_not_a_huge_array(schedule):
+    its = _cfg(steps=5, diag_points=10**12, schedule=schedule).schedule_iterations()
+    assert its == [0, 1, 2, 3, 4]
+
+
 # -- determinism and the history ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("cell", "task", "opt", "clip", "thr"), [
     ("gru", "adding", "adam", "global_norm", 0.5),

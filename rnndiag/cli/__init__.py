@@ -30,6 +30,10 @@ class _Interrupted(Exception):
     """Ctrl-C, carried past click's own handling of KeyboardInterrupt."""
 
 
+class _PipeClosed(Exception):
+    """stdout's reader went away (``| head``), carried past click's own handling (exit 1, as if it failed)."""
+
+
 class OneLineGroup(click.Group):
     """Click group whose usage errors are one line too (no usage block), exit code 2, never a traceback."""
 
@@ -39,6 +43,8 @@ class OneLineGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise _Interrupted() from None
+        except BrokenPipeError:  # the report is written before anything goes to stdout: only printing was cut
+            raise _PipeClosed() from None
 
     def main(self, args=None, prog_name=None, **extra):
         try:
@@ -69,7 +75,7 @@ class OneLineGroup(click.Group):
         except (KeyboardInterrupt, _Interrupted):  # reports are staged and renamed into place: none was left
             click.echo("rnndiag: interrupted; no report was written", err=True)
             sys.exit(130)
-        except BrokenPipeError:  # the reader (| head) has what it wanted; say nothing more on a closed pipe
+        except (BrokenPipeError, _PipeClosed):  # the reader (| head) has what it wanted; say nothing more
             with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)

@@ -80,6 +80,14 @@ def output_options(folder: str):
     return decorate
 
 
+class _Console(Console):
+    """rich's console, except that a closed stdout (``| head``) is a BrokenPipeError for the CLI to end quietly
+    with exit 0 (rich itself would exit 1, as if the run had failed)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 @dataclass(frozen=True)
 class OutputRequest:
     """Where a command's results go, checked before any work: a bad destination writes nothing."""
@@ -93,7 +101,7 @@ class OutputRequest:
 
     def console(self) -> Console:
         """The one console of a run (stderr when stdout carries the JSON)."""
-        return Console(stderr=self.json_stdout, quiet=self.quiet, highlight=False)
+        return _Console(stderr=self.json_stdout, quiet=self.quiet, highlight=False)
 
     def folder(self, name: str) -> Path:
         """The report folder: ``--out``, or a new ``reports/<name>-<YYYYmmdd-HHMMSS>`` created now, exclusively."""
