@@ -76,7 +76,7 @@ def measure_point(params: dict) -> dict:
     from rnndiag.experiments import diagnose_on_task
     from rnndiag.forecast import measure
 
-    c = labels.sample_configs()[params["config"]]
+    c = labels.all_configs()[params["config"]]
     model = model_of(c, params["seed"])
     m = measure(model, c["task"], c["seq_len"], budget_of(c), seed=params["seed"])
     # for the baselines only, not part of the forecast (nor of its cost): the diagnosis at initialization
@@ -229,6 +229,16 @@ def score(runs) -> dict:
     for part in ("seed", "slice"):
         idx = [i for i, r in enumerate(held) if r["split"] == part]
         out[f"forecast_{part}"] = scores(probs[idx] >= 0.5, y[idx], probs[idx])
+    # the held-out runs of the first sample alone (the 466 scored before the extension added tuning data and
+    # held-out seeds): the same runs as the first fit's score, so the two fits compare like for like
+    import forecast_labels as labels
+
+    idx = [i for i, r in enumerate(held) if r["config"] < labels.N_CONFIGS]
+    out["forecast_first_sample"] = scores(probs[idx] >= 0.5, y[idx], probs[idx])
+    # what the probe adds: the zero-cost model alone on the same runs
+    zc = np.array([fc.predict(fc.features(r["measured"], budget_of(r), r["task"], r["seq_len"], r["cell"]),
+                              "zero_cost")[0] for r in held])
+    out["forecast_zero_cost_only"] = scores(zc >= 0.5, y, zc)
     costs = [r["measured"]["seconds"] / (r["budget"] * r["measured"]["step_seconds"]) for r in runs
              if r["measured"].get("step_seconds")]
     out["cost_fraction"] = {"median": float(np.median(costs)), "max": float(max(costs)), "runs": len(costs),
@@ -330,7 +340,8 @@ def main(argv=None) -> int:
                 print(f"{state.done + state.skipped}/{state.total} measured, {state.failed} failed, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
 
-        result = run(labels.grid(), measure_point, EVIDENCE_DB, workers=args.workers, progress=progress)
+        result = run(labels.grid(), measure_point, EVIDENCE_DB, workers=args.workers, progress=progress,
+                     extend=True)  # the evidence database grows with the labels
         print(f"{result.counts} in {result.wall_s:.0f} s ({result.mode})")
         print(f"{export_evidence()} measured runs -> {EVIDENCE}")
     if args.export:

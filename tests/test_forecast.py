@@ -43,6 +43,22 @@ def test_reach_is_zero_without_recurrence_and_full_with_a_pure_memory():
     assert r.horizon_censored
 
 
+def test_state_scale_is_the_log_rms_of_the_hidden_state():
+    """W_hh = 0 and zero biases: h_t = tanh(W_ih x_t) exactly; zero input weights too: h = 0, scale -inf."""
+    m = init_model("rnn_tanh", 2, 8, seed=0)
+    p = dict(m.params)
+    p.update(weight_hh_l0=np.zeros((8, 8)), bias_ih_l0=np.zeros(8), bias_hh_l0=np.zeros(8))
+    problem = _problem(m)
+    r = fc.gradient_reach(m.with_params(p), problem, "adding", 20)
+    h = np.tanh(problem.x @ p["weight_ih_l0"].T)
+    assert r.state_scale == pytest.approx(math.log10(np.sqrt(np.mean(h ** 2))), abs=1e-12)
+    p["weight_ih_l0"] = np.zeros((8, 2))
+    assert fc.gradient_reach(m.with_params(p), problem, "adding", 20).state_scale == -math.inf
+    small = fc.zero_cost(init_model("gru", 2, 16, init="tutorial", seed=0), "adding", 20, seed=0)
+    default = fc.zero_cost(init_model("gru", 2, 16, seed=0), "adding", 20, seed=0)
+    assert small["state_scale_init"] < default["state_scale_init"] - 1  # 0.01 randn weights: a tiny state
+
+
 @pytest.mark.parametrize("cell, gate", [("lstm", "f"), ("gru", "z")])
 def test_shift_memory_gate_moves_exactly_that_bias(cell, gate):
     m = init_model(cell, 2, 6, num_layers=2, seed=1)

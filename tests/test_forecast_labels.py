@@ -15,9 +15,10 @@ labels = pytest.importorskip("forecast_labels")
 
 
 def test_the_sample_spans_the_space():
-    configs = labels.sample_configs()
+    configs = labels.all_configs()
     assert len(configs) >= 300
-    assert configs == labels.sample_configs()  # deterministic
+    assert configs == labels.all_configs()  # deterministic
+    assert [c["config"] for c in configs] == list(range(len(configs)))
     assert {c["cell"] for c in configs} == {"rnn_tanh", "rnn_relu", "lstm", "gru"}
     assert {c["task"] for c in configs} == {"adding", "copy"}
     lens = {c["seq_len"] for c in configs}
@@ -30,10 +31,20 @@ def test_the_sample_spans_the_space():
     assert min(gains) < 1 < max(gains)  # both sides of the order-chaos line
     assert {c["forget_bias"] for c in configs if c["cell"] == "lstm"} >= {None, 0.0, 1.0, 3.0}
     assert all(labels.estimated_seconds(c) <= labels.MAX_RUN_SECONDS for c in configs)
+    keys = [tuple(sorted((k, str(v)) for k, v in c.items() if k != "config")) for c in configs]
+    assert len(set(keys)) == len(keys)  # no configuration twice
+
+
+def test_the_extension_adds_tuning_configurations_only():
+    first = labels.sample_configs()
+    extension = labels.sample_extension()
+    assert labels.all_configs()[:len(first)] == first  # the first sample's ids are unchanged
+    assert all(not any(c[k] == v for k, v in labels.HELD_OUT.items()) for c in extension)
+    assert {labels.split({**c, "seed": s}) for c in extension for s in labels.SEEDS} == {"tune", "seed"}
 
 
 def test_the_split_holds_out_seeds_and_whole_slices():
-    configs = labels.sample_configs()
+    configs = labels.all_configs()
     runs = [{**c, "seed": s} for c in configs for s in labels.SEEDS]
     tune = [r for r in runs if labels.split(r) == "tune"]
     assert all(r["seed"] == labels.SEEDS[0] for r in tune)
@@ -61,6 +72,19 @@ def test_a_label_run_starts_from_rnndiag_weights_and_trains_in_torch():
     assert torch.equal(x[:10].argmax(-1) - 1, y) and bool((x[19].argmax(-1) == 9).all())
 
 
+def test_the_committed_labels_are_the_sampled_configurations():
+    """Every labelled run's configuration is the sampler's under its id: a change to the sampling code that moved
+    a configuration would silently relabel it."""
+    import json
+
+    configs = labels.all_configs()
+    runs = [json.loads(line) for line in (BENCH / "forecast_labels.jsonl").open()]
+    assert {(r["config"], r["seed"]) for r in runs} == {(c["config"], s) for c in configs for s in labels.SEEDS}
+    for r in runs:
+        assert {k: r[k] for k in configs[r["config"]]} == configs[r["config"]], r["config"]
+        assert r["split"] == labels.split(r)
+
+
 def test_the_shipped_coefficients_reproduce_the_published_scores():
     """The committed labels, measurements and COEFFICIENTS give the held-out scores in forecast_scores.json (and
     the README): refitting on the tuning part gives the shipped table back."""
@@ -70,7 +94,7 @@ def test_the_shipped_coefficients_reproduce_the_published_scores():
     from rnndiag import forecast as fc
 
     runs = fit.load_joined()
-    assert len(runs) == 2 * len(labels.sample_configs())
+    assert len(runs) == 2 * len(labels.all_configs())
     published = json.loads((BENCH / "forecast_scores.json").read_text())
     scored = fit.score(runs)
     for key in ("accuracy", "balanced_accuracy", "brier", "coverage"):
