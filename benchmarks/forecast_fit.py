@@ -163,8 +163,28 @@ def fit(runs, l2: float | None = None) -> dict:
         table[method] = fc.centered(fc.fit_logistic(X, yy, names, l2=strength), X, names)
         print(f"{method}: {len(rows)} tuning runs ({yy.mean():.0%} train), l2 {strength:g}, cross-validated Brier "
               f"{_cv_brier(X, yy, names, strength):.3f}")
-    print(f"tuning runs: {len(tune)} ({y.mean():.0%} train)")
+    table["observed"] = observed_counts(tune)
+    print(f"tuning runs: {len(tune)} ({y.mean():.0%} train); observed {table['observed']}")
     return table
+
+
+def observed_counts(tune) -> dict:
+    """How the tuning runs whose probe diverged, or already reached the target, turned out (the observations
+    rnndiag.forecast.observed turns into a probability)."""
+    from rnndiag import forecast as fc
+
+    out = {name: {"runs": 0, "trained": 0} for name in ("probe_diverged", "probe_reached_target")}
+    for r in tune:
+        m = r["measured"]
+        if fc.method_of(m) != "probe":
+            continue
+        test = m.get("probe_test_loss")
+        name = ("probe_diverged" if m.get("probe_diverged") else
+                "probe_reached_target" if test is not None and test <= m["target_loss"] else None)
+        if name:
+            out[name]["runs"] += 1
+            out[name]["trained"] += int(r["trains"])
+    return out
 
 
 def threshold_rule(values, y):

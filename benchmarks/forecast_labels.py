@@ -8,11 +8,12 @@ of the task's trivial baseline) at one of the evaluations (every ``budget / 20``
 the initial recurrent weights come from ``rnndiag.init_model`` (same scheme, gain and seed), so that the forecast
 and the label look at the same network.
 
-The configurations are a seeded random sample (``sample_configs``) of a space that spans every cell, schemes and
-gains on both sides of the order-chaos line, forget biases, sequence lengths 10-500, hidden sizes 16-128, learning
-rates over two decades, the adding and copy tasks (copy up to T = 50) and budgets of 500-2000 steps at batch
-32; every configuration runs with two seeds. A run's expected cost is capped (``MAX_RUN_SECONDS``, from measured
-per-step times of PyTorch CPU on one thread), so long sequences come with small hidden sizes and budgets.
+The configurations are seeded random samples (``sample_configs``, ``sample_extension``) of a space that spans
+every cell, schemes and gains on both sides of the order-chaos line, forget biases, sequence lengths 10-500, hidden
+sizes 16-128, learning rates over two decades, the adding and copy tasks (copy up to T = 50) and budgets of
+500-2000 steps at batch 32; every configuration runs with two seeds. A run's expected cost is capped
+(``MAX_RUN_SECONDS``, from measured per-step times of PyTorch CPU on one thread), so long sequences come with small
+hidden sizes and budgets.
 
 The sweep engine runs them (``rnndiag.sweep.run``: a LocalCluster of one-thread workers, every result in
 SQLite, resumable; re-running continues), and ``--export`` writes ``forecast_labels.jsonl`` next to this script.
@@ -28,10 +29,11 @@ hundreds of blanks), too few to score a forecast on.
 Held-out parts (see ``split``): seed 1 of every configuration (held-out seeds), and whole slices the tuning never
 sees: sequence length 50, hidden size 32, learning rate 3e-3.
 
-The first sample (configurations 0-299, 600 runs) took 3718 s on 2 workers and left 134 tuning runs, since every
-configuration with a held-out value is held out whole. The extension (``sample_extension``, configurations
-300-539, 480 runs, 1998 s) adds tuning configurations from the same space without the held-out values; its seed-1
-runs join the held-out seeds. ``forecast_fit.py`` also scores the first sample's held-out runs alone.
+The first sample (``sample_configs``: configurations 0-299, 600 runs) took 3718 s on 2 workers and left 134 tuning
+runs, since every configuration with a held-out value is held out whole. The extension (``sample_extension``,
+configurations 300-739, 880 runs, run in two parts: 300-539 in 1998 s, 540-739 in 1580 s) adds configurations from
+the same space without the held-out values; their seed-1 runs join the held-out seeds. ``all_configs`` is the
+whole list; ``forecast_fit.py`` also scores the first sample's held-out runs alone.
 """
 
 from __future__ import annotations

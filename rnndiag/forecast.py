@@ -19,7 +19,8 @@ gates can learn, the optimizer and the budget. The forecast measures, within 10%
 A logistic model turns the features (:data:`FEATURES`) into a probability with the coefficients in
 :data:`COEFFICIENTS`, fitted on the tuning part of labels PyTorch made (``benchmarks/forecast_labels.py``,
 ``benchmarks/forecast_fit.py``); every forecast lists each feature's value and its contribution to the log-odds.
-Where the budget leaves too few probe steps (:data:`MIN_PROBE_STEPS`), the zero-cost model decides and says so.
+Where the budget leaves too few probe steps (:data:`MIN_PROBE_STEPS`), the zero-cost model decides and says so;
+a probe that diverged or already reached the target is an observation that decides by itself (:func:`observed`).
 A probability between 0.3 and 0.7 is undecided: the forecast says so and suggests the budget at which it would
 decide.
 """
@@ -59,7 +60,7 @@ FEATURES = {
     "reach_gate": ("log10 gradient reach the memory gate can give: the better of the reach with its bias + 2 and "
                    "without (0 for plain RNNs, which have no gate to learn)", (-20.0, 0.0)),
     "state_scale": ("log10 RMS of the hidden state on the task's inputs at the initial weights: a tiny state "
-                    "(small weights) learns slowly, a state near +-1 saturates", (-6.0, 1.0)),
+                    "(small weights) starts in a slow, near-linear regime", (-6.0, 1.0)),
     "gated": ("1 for LSTM and GRU, 0 for plain RNNs", (0.0, 1.0)),
     "lstm": ("1 for LSTM (gated: LSTM against GRU), 0 otherwise", (0.0, 1.0)),
     "relu": ("1 for the ReLU RNN (plain: ReLU against tanh), 0 otherwise", (0.0, 1.0)),
@@ -75,41 +76,42 @@ FEATURES = {
     "copy": ("1 for the copy task, 0 for adding", (0.0, 1.0)),
     "log_dependency": ("log10 of the dependency length (adding: T; copy: T + 10)", (0.3, 4.0)),
     "log_hidden": ("log10 hidden size", (0.0, 4.0)),
-    "probe_loss": ("log10(held-out loss after the probe / target)", (-2.0, 2.0)),
-    "gated_probe_loss": ("probe_loss for LSTM and GRU (0 for plain RNNs): a gated cell's early loss weighs "
-                         "differently, its gates learn to hold memory later", (-2.0, 2.0)),
-    "probe_extrapolated": ("log10(training loss extrapolated to the budget / target)", (-3.0, 2.0)),
+    "plain_probe_loss": ("log10(held-out loss after the probe / target) for plain RNNs (0 for LSTM and GRU: after "
+                         "a tenth of the budget a gated cell's loss showed no consistent sign)", (-2.0, 2.0)),
 }
 ZERO_COST_FEATURES = ("reach_init", "growth_init", "state_scale", "reach_gate", "gated", "lstm", "relu", "lyapunov",
                       "log_lr", "log_lr_squared", "log_steps", "sgd", "sgd_log_lr", "relu_log_lr", "copy",
                       "log_dependency", "log_hidden")
-PROBE_FEATURES = (*ZERO_COST_FEATURES, "probe_loss", "gated_probe_loss", "probe_extrapolated")
+PROBE_FEATURES = (*ZERO_COST_FEATURES, "plain_probe_loss")
 # measured and reported with every probe, but not in the model (cross-validation on the tuning runs found they
-# added noise): the reach at the probed weights, divergence (a diverged probe's held-out loss is already the
-# worst), the largest gradient spike
+# added noise, or a sign that makes no sense): the training loss's trend extrapolated to the budget, a gated
+# cell's probe loss, the reach at the probed weights, the largest gradient spike. Two probe outcomes are not
+# features but observations (COEFFICIENTS["observed"]): a probe that diverged, and one that already reached the
+# target.
 
 # The fitted logistic models: log-odds = intercept + sum(coefficient x (clipped feature - centre)), features in
 # FEATURES' units, centres their means over the tuning runs. Fitted by benchmarks/forecast_fit.py --fit on the
 # tuning part of benchmarks/forecast_labels.jsonl (seed 0 of the 574 configurations outside the held-out slices,
 # 42% of which train; L2 strength by 5-fold cross-validation), 2026-12-07; the README has the held-out scores.
 # The features beyond the gradient's (cell, state scale, the rate per optimizer and for ReLU, the probe's loss for
-# gated cells) were chosen by cross-validation on the tuning runs alone.
+# plain RNNs only) were chosen by cross-validation on the tuning runs alone. "observed": the tuning runs whose probe
+# diverged or already reached the target (at the label's target), and how many of them trained.
 COEFFICIENTS = {
     "probe": {
-        "intercept": -3.33724,
+        "intercept": -2.69167,
         "coefficients": {
-            "reach_init": 0.0550423, "growth_init": -2.00649, "state_scale": 1.85123, "reach_gate": -0.694399,
-            "gated": 2.12903, "lstm": -2.81165, "relu": 1.02844, "lyapunov": 0.284402, "log_lr": -0.0676488,
-            "log_lr_squared": -1.29456, "log_steps": 8.47723, "sgd": -6.11251, "sgd_log_lr": 1.00457,
-            "relu_log_lr": -2.66724, "copy": -9.59165, "log_dependency": -7.17506, "log_hidden": 1.66102,
-            "probe_loss": -6.2765, "gated_probe_loss": 8.21521, "probe_extrapolated": -0.350389
+            "reach_init": 0.0617874, "growth_init": -1.43974, "state_scale": 1.56809, "reach_gate": -0.581581,
+            "gated": 3.09586, "lstm": -2.44566, "relu": 0.987425, "lyapunov": -0.043536, "log_lr": 0.833696,
+            "log_lr_squared": -0.894386, "log_steps": 6.99924, "sgd": -5.65967, "sgd_log_lr": 0.678953,
+            "relu_log_lr": -2.15874, "copy": -7.84119, "log_dependency": -6.03535, "log_hidden": 1.19661,
+            "plain_probe_loss": -5.74234
         },
         "centers": {
             "reach_init": -4.99453, "growth_init": 0.497054, "state_scale": -1.06904, "reach_gate": -0.495757,
             "gated": 0.552265, "lstm": 0.33101, "relu": 0.275261, "lyapunov": -0.444138, "log_lr": -2.44623,
             "log_lr_squared": 6.66284, "log_steps": 3.02203, "sgd": 0.137631, "sgd_log_lr": -0.148027,
             "relu_log_lr": -0.685592, "copy": 0.0801394, "log_dependency": 1.42055, "log_hidden": 1.54186,
-            "probe_loss": 1.00881, "gated_probe_loss": 0.504878, "probe_extrapolated": 0.621699
+            "plain_probe_loss": 0.503934
         },
     },
     "zero_cost": {
@@ -126,6 +128,10 @@ COEFFICIENTS = {
             "log_lr_squared": 6.66284, "log_steps": 3.02203, "sgd": 0.137631, "sgd_log_lr": -0.148027,
             "relu_log_lr": -0.685592, "copy": 0.0801394, "log_dependency": 1.42055, "log_hidden": 1.54186
         },
+    },
+    "observed": {
+        "probe_diverged": {"runs": 6, "trained": 0},
+        "probe_reached_target": {"runs": 18, "trained": 18},
     },
 }
 
@@ -158,8 +164,7 @@ class Reach:
     reach: float  # log10 median over the source steps of ||dL/dx_t|| / ||dL/dx_{T-1}|| (< 0 vanishing, > 0 growing)
     horizon_steps: int
     horizon_censored: bool
-    state_scale: float = 0.0  # log10 RMS of the top layer's output h over the batch and all steps
-
+    state_scale: float  # log10 RMS of the top layer's output h over the batch and all steps (-inf: all zero)
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ class Forecast:
     trains: bool
     probability: float
     decided: bool  # False: the probability is between 0.3 and 0.7
-    method: str  # "probe" or "zero_cost"
+    method: str  # "probe", "zero_cost" or "observed" (a probe that diverged or reached the target)
     task: str
     seq_len: int
     target_loss: float
@@ -190,6 +195,10 @@ class Forecast:
         rule = (f"logistic model '{self.method}' (rnndiag.forecast.COEFFICIENTS): log-odds = intercept + "
                 "sum(coefficient x (feature - centre)); trains if probability >= 0.5; undecided between "
                 f"{UNDECIDED[0]} and {UNDECIDED[1]}")
+        if self.method == "observed":
+            rule = ("observed (rnndiag.forecast.COEFFICIENTS['observed']): a probe that diverged or already reached "
+                    "the target sets the probability to the share of labelled tuning runs with that outcome that "
+                    "trained, (trained + 1) / (runs + 2); the probe model's terms are shown beside it")
         return jsonable({
             "trains": self.trains, "probability": self.probability, "decided": self.decided,
             "target_loss": self.target_loss, "baseline": self.baseline, "budget_steps": self.budget.steps,
@@ -259,7 +268,9 @@ def zero_cost(model: RNNModel, task: str, seq_len: int, seed: int, diagnosis=Non
     base = gradient_reach(model, problem, task, seq_len)
     shifted_model = shift_memory_gate(model, GATE_SHIFT)
     shifted = gradient_reach(shifted_model, problem, task, seq_len) if shifted_model is not None else base
-    out = {"reach_init": base.reach, "state_scale_init": base.state_scale, "input_horizon_init": base.horizon_steps,
+    # the state scale kept finite (+-30: zero or overflowed) so that metrics.json carries it as a number
+    out = {"reach_init": base.reach, "state_scale_init": min(max(base.state_scale, -30.0), 30.0),
+           "input_horizon_init": base.horizon_steps,
            "input_horizon_init_censored": base.horizon_censored,
            "reach_gate": shifted.reach, "input_horizon_gate": shifted.horizon_steps,
            "input_horizon_gate_censored": shifted.horizon_censored, "verdict": None}
@@ -327,7 +338,7 @@ def features(measured: dict, budget: Budget, task: str, seq_len: int, cell: str,
     target = measured["target_loss"]
     lr = math.log10(budget.lr)
     f = {"reach_init": min(measured["reach_init"], 0.0), "growth_init": max(measured["reach_init"], 0.0),
-         "state_scale": measured.get("state_scale_init"),
+         "state_scale": measured["state_scale_init"],
          "reach_gate": min(max(measured["reach_gate"], measured["reach_init"]), 0.0) if is_gated(cell) else 0.0,
          "gated": 1.0 if is_gated(cell) else 0.0, "lstm": 1.0 if cell == "lstm" else 0.0,
          "relu": 1.0 if cell == "rnn_relu" else 0.0, "lyapunov": measured.get("lyapunov_top") or 0.0,
@@ -339,14 +350,7 @@ def features(measured: dict, budget: Budget, task: str, seq_len: int, cell: str,
          "log_hidden": math.log10(measured["hidden_size"])}
     if method_of(measured) == "probe":
         test = measured.get("probe_test_loss")
-        f["probe_loss"] = math.log10(test / target) if test else None
-        f["gated_probe_loss"] = f["probe_loss"] if is_gated(cell) else 0.0
-        end, trend = measured.get("probe_end_loss"), measured.get("probe_trend")
-        if end and trend is not None and measured["probe_steps"] > 0:
-            trend = min(max(trend, -3.0), 0.5)
-            f["probe_extrapolated"] = math.log10(end / target) + trend * math.log10(steps / measured["probe_steps"])
-        else:
-            f["probe_extrapolated"] = f["probe_loss"]
+        f["plain_probe_loss"] = 0.0 if is_gated(cell) else (math.log10(test / target) if test else None)
     return {name: _clipped(name, value) for name, value in f.items()}
 
 
@@ -479,23 +483,45 @@ def forecast(model: RNNModel, task: str, seq_len: int, budget: Budget, *, seed: 
     return decide(measured, model, task, seq_len, budget, looked_at=looked_at)
 
 
+def observed(measured: dict) -> tuple[str, float, str] | None:
+    """A probe outcome that settles the question (COEFFICIENTS["observed"]): (name, probability, words) -- the
+    probability from the labelled tuning runs with the same outcome, (trained + 1) / (runs + 2) -- or None."""
+    test = measured.get("probe_test_loss")
+    if measured.get("probe_diverged"):
+        name, what = "probe_diverged", "the probe diverged at this learning rate"
+    elif measured.get("probe_steps", 0) > 0 and test is not None and test <= measured["target_loss"]:
+        name, what = "probe_reached_target", "the probe already reached the target"
+    else:
+        return None
+    seen = COEFFICIENTS["observed"][name]
+    p = (seen["trained"] + 1) / (seen["runs"] + 2)
+    return name, p, (f"{what}: of the {seen['runs']} labelled tuning runs whose probe did so, {seen['trained']} "
+                     f"trained; probability ({seen['trained']} + 1) / ({seen['runs']} + 2) = {p:.2f}")
+
+
 def decide(measured: dict, model: RNNModel, task: str, seq_len: int, budget: Budget, *,
            looked_at: str | None = None) -> Forecast:
-    """The forecast from measured numbers (:func:`measure`): features, probability, words, suggestion."""
-    method = method_of(measured)
+    """The forecast from measured numbers (:func:`measure`): features, probability, words, suggestion. A probe
+    that diverged or already reached the target decides by :func:`observed`; the model's terms are still shown."""
+    model_method = method_of(measured)
     feats = features(measured, budget, task, seq_len, model.cell)
-    p, terms = predict(feats, method)
+    p, terms = predict(feats, model_method)
+    settled = observed(measured) if model_method == "probe" else None
+    if settled is not None:
+        p = settled[1]
     decided = not (UNDECIDED[0] < p < UNDECIDED[1])
     step_s = measured.get("step_seconds")
     cost = measured["seconds"] / (budget.steps * step_s) if step_s else math.inf
-    suggestion = None if decided else _suggest(measured, model, task, seq_len, budget, method)
+    suggestion = None if decided else _suggest(measured, model, task, seq_len, budget, model_method)
     stage = {"init": "at initialization", "trained": "trained"}.get(model.stage, "loaded from a file")
     seen = looked_at or (f"{model.describe()} ({stage}) on the synthetic {task} task, T = {seq_len}; the task's "
                          f"own loss through a seeded readout; a probe trained by rnndiag")
+    method = "observed" if settled else model_method
     return Forecast(p >= 0.5, p, decided, method, task, seq_len, measured["target_loss"], measured["baseline"],
                     budget, measured.get("probe_steps", 0), cost, measured["seconds"], step_s or math.nan, feats,
-                    terms, dict(measured), tuple(_reasons(measured, model, task, seq_len,
-                                                                              budget, method, p, terms)),
+                    terms, dict(measured), tuple(([settled[2]] if settled else [])
+                                                 + _reasons(measured, model, task, seq_len, budget,
+                                                            model_method, p, terms)),
                     suggestion, seen)
 
 
@@ -540,7 +566,7 @@ def _reasons(m: dict, model: RNNModel, task: str, seq_len: int, budget: Budget, 
     out.append(f"gradient reach at these weights: the loss's gradient on the inputs where the {task} task's "
                f"information enters is {_pow10(reach)} of its value at the last step (input horizon "
                f"{_steps(m['input_horizon_init'], m['input_horizon_init_censored'])} steps; the dependency spans "
-               f"{dep}); hidden state RMS {_pow10(m['state_scale_init'])}"
+               f"{dep}); hidden state RMS {_pow10(_unclamped(m['state_scale_init']))}"
                + (" (tiny: the weights start in the slow, near-linear regime)"
                   if m["state_scale_init"] < -1.5 else ""))
     gate = cell_module(model.cell).MEMORY_GATE_NAME
@@ -570,6 +596,11 @@ def _reasons(m: dict, model: RNNModel, task: str, seq_len: int, budget: Budget, 
     top = sorted(terms.items(), key=lambda kv: -abs(kv[1]))[:4]
     out.append("largest terms in the log-odds: " + ", ".join(f"{k} {v:+.2f}" for k, v in top))
     return out
+
+
+def _unclamped(scale: float) -> float:
+    """The state scale as measured: +-30 is how :func:`zero_cost` keeps an overflowed or all-zero state finite."""
+    return math.inf if scale >= 30.0 else (-math.inf if scale <= -30.0 else scale)
 
 
 def _pow10(x: float) -> str:

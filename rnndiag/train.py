@@ -84,9 +84,9 @@ class TrainConfig:
 
     def schedule_iterations(self) -> list[int]:
         """The iterations (0-based, before the update) at which diagnostics run; always includes 0 and the last."""
-        n, last = min(self.diag_points, self.steps), self.steps - 1  # more points than steps: one per step
-        if last == 0:
-            return [0]
+        n, last = self.diag_points, self.steps - 1
+        if n >= self.steps:  # as many points as steps, or more: one per step
+            return list(range(self.steps))
         if self.schedule == "linear":
             its = np.linspace(0, last, n)
         elif n < 3:

@@ -116,9 +116,10 @@ def test_centering_keeps_the_fitted_model():
 
 def test_features_are_clipped_to_their_ranges():
     m = {"reach_init": -math.inf, "reach_gate": 5.0, "lyapunov_top": None, "target_loss": 0.01,
-         "probe_steps": 0, "hidden_size": 16}
+         "state_scale_init": -30.0, "probe_steps": 0, "hidden_size": 16}
     f = fc.features(m, fc.Budget(steps=100), "adding", 20, "gru")
     assert f["reach_init"] == fc.FEATURES["reach_init"][1][0]
+    assert f["state_scale"] == fc.FEATURES["state_scale"][1][0]
     assert f["reach_gate"] == fc.FEATURES["reach_gate"][1][1]
     assert set(f) == set(fc.ZERO_COST_FEATURES)
 
@@ -184,6 +185,36 @@ def test_a_vanishing_gru_forecast_cites_the_gate_sensitivity(gru_forecast):
     assert "update gate bias sensitivity: input horizon" in text and "->" in text
     assert "the gradient vanishes at these weights" in text
     assert "rnndiag" in gru_forecast.looked_at and "synthetic adding task" in gru_forecast.looked_at
+
+
+@pytest.mark.parametrize(("outcome", "trains"), [("probe_diverged", False), ("probe_reached_target", True)])
+def test_a_probe_that_settles_it_decides_by_the_labelled_runs_with_that_outcome(gru_forecast, outcome, trains):
+    """A diverged probe, or one already at the target, is an observation: the probability is the share of the
+    labelled tuning runs with that outcome that trained, (trained + 1) / (runs + 2); the model's terms stay."""
+    assert gru_forecast.method == "probe"
+    measured = dict(gru_forecast.measured)
+    if outcome == "probe_diverged":
+        measured.update(probe_diverged=True, probe_test_loss=None, probe_stopped="non-finite loss")
+    else:
+        measured.update(probe_test_loss=0.5 * measured["target_loss"])
+    m = init_model("gru", 2, 16, init="tutorial", seed=0)
+    f = fc.decide(measured, m, "adding", 40, gru_forecast.budget)
+    seen = fc.COEFFICIENTS["observed"][outcome]
+    assert f.method == "observed" and f.trains is trains and f.decided
+    assert f.probability == pytest.approx((seen["trained"] + 1) / (seen["runs"] + 2))
+    assert f"{seen['trained']} trained" in f.reasons[0] and f.contributions
+    assert "observed" in f.to_dict()["evidence"]["rule"]
+
+
+def test_a_gated_cells_probe_loss_never_lowers_its_odds_as_it_improves(gru_forecast):
+    """A gated cell's probe loss is not a feature (cross-validation found no consistent sign): between the target
+    and the baseline it leaves the probability where the zero-cost evidence put it."""
+    m = init_model("gru", 2, 16, init="tutorial", seed=0)
+    probs = []
+    for ratio in (0.9, 0.5, 0.2):
+        measured = dict(gru_forecast.measured, probe_test_loss=ratio * gru_forecast.baseline)
+        probs.append(fc.decide(measured, m, "adding", 40, gru_forecast.budget).probability)
+    assert probs[0] == probs[1] == probs[2]
 
 
 def test_undecided_forecast_suggests_a_budget(monkeypatch, gru_forecast):
@@ -266,8 +297,8 @@ def test_a_probe_that_diverges_at_once_is_evidence_not_a_missing_probe():
     time falls back to the probe's whole time, and the cost is still a number."""
     m = init_model("rnn_relu", 2, 16, init="orthogonal", gain=1000.0, seed=0)
     f = fc.forecast(m, "adding", 100, fc.Budget(steps=1000, lr=0.01, clip="none", clip_threshold=None))
-    assert f.measured["probe_diverged"] and f.method == "probe"
-    assert f.features["probe_loss"] == fc.FEATURES["probe_loss"][1][1]  # no held-out loss: the worst
+    assert f.measured["probe_diverged"] and f.method == "observed" and not f.trains
+    assert f.features["plain_probe_loss"] == fc.FEATURES["plain_probe_loss"][1][1]  # no held-out loss: the worst
     assert math.isfinite(f.cost_fraction) and f.step_seconds > 0
     assert any("the probe diverged" in r for r in f.reasons)
     assert any("exploding" in r for r in f.reasons)

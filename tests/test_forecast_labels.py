@@ -101,6 +101,7 @@ def test_the_shipped_coefficients_reproduce_the_published_scores():
         assert scored["forecast"][key] == pytest.approx(published["forecast"][key], abs=1e-6), key
     assert 0.35 <= scored["held_out"]["train_share"] <= 0.65 and scored["held_out"]["runs"] >= 150
     refit = fit.fit(runs)
+    assert refit.pop("observed") == fc.COEFFICIENTS["observed"]
     for method, model in refit.items():
         for name, c in model["coefficients"].items():
             assert c == pytest.approx(fc.COEFFICIENTS[method]["coefficients"][name], rel=1e-4, abs=1e-6), name

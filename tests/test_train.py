@@ -145,9 +145,10 @@ def test_log_schedule_with_few_points(points):
 
 
 @pytest.mark.parametrize("schedule", ["log", "linear"])
-def test_more_points_than_steps_is_one_per_step_not_a_huge_array(schedule):
-    its = _cfg(steps=5, diag_points=10**12, schedule=schedule).schedule_iterations()
-    assert its == [0, 1, 2, 3, 4]
+@pytest.mark.parametrize("steps", [1, 5, 100])
+def test_more_points_than_steps_is_one_per_step_not_a_huge_array(schedule, steps):
+    for points in (steps, steps + 1, 10**12):
+        assert _cfg(steps=steps, diag_points=points, schedule=schedule).schedule_iterations() == list(range(steps))
 
 
 # -- determinism and the history ----------------------------------------------------------------------------------

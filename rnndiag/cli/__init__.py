@@ -8,7 +8,6 @@ stderr (``rnndiag: error: ...``) and exit code 2, with nothing written.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import warnings
 
@@ -30,10 +29,6 @@ class _Interrupted(Exception):
     """Ctrl-C, carried past click's own handling of KeyboardInterrupt."""
 
 
-class _PipeClosed(Exception):
-    """stdout's reader went away (``| head``), carried past click's own handling (exit 1, as if it failed)."""
-
-
 class OneLineGroup(click.Group):
     """Click group whose usage errors are one line too (no usage block), exit code 2, never a traceback."""
 
@@ -43,8 +38,6 @@ class OneLineGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise _Interrupted() from None
-        except BrokenPipeError:  # the report is written before anything goes to stdout: only printing was cut
-            raise _PipeClosed() from None
 
     def main(self, args=None, prog_name=None, **extra):
         try:
@@ -54,7 +47,8 @@ class OneLineGroup(click.Group):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:  # bare `rnndiag`: show the help, as help
-            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            with contextlib.suppress(BrokenPipeError):  # `rnndiag | head`: the reader had enough
+                click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
             sys.exit(0)
         except click.exceptions.UsageError as exc:
             cmd = exc.ctx.command_path if exc.ctx else "rnndiag"
@@ -75,10 +69,6 @@ class OneLineGroup(click.Group):
         except (KeyboardInterrupt, _Interrupted):  # reports are staged and renamed into place: none was left
             click.echo("rnndiag: interrupted; no report was written", err=True)
             sys.exit(130)
-        except (BrokenPipeError, _PipeClosed):  # the reader (| head) has what it wanted; say nothing more
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

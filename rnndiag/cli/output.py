@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,12 +81,21 @@ def output_options(folder: str):
     return decorate
 
 
+def _silence(stream) -> None:
+    """The reader of ``stream`` went away (``| head``): later writes go to /dev/null instead of failing."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
 class _Console(Console):
-    """rich's console, except that a closed stdout (``| head``) is a BrokenPipeError for the CLI to end quietly
-    with exit 0 (rich itself would exit 1, as if the run had failed)."""
+    """rich's console, except that a closed pipe (``| head``) silences it and the run goes on: its report is still
+    written and its exit code is its own (rich itself would exit 1 at once, as if the run had failed)."""
 
     def on_broken_pipe(self) -> None:
-        raise BrokenPipeError
+        self.quiet = True
+        _silence(self.file)
 
 
 @dataclass(frozen=True)
@@ -228,7 +238,10 @@ def emit(request: OutputRequest, report: Report, console: Console, folder_name: 
         shown = folder / "report.html" if "html" in formats else folder
     writing_s = time.perf_counter() - t0
     if request.json_stdout:
-        click.echo(json.dumps(report.metrics, allow_nan=False))
+        try:
+            click.echo(json.dumps(report.metrics, allow_nan=False))
+        except BrokenPipeError:  # the reader has what it wanted; the report is written, the run goes on
+            _silence(sys.stdout)
     return Written(shown, figures_s, writing_s)
 
 
