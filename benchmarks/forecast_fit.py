@@ -105,6 +105,8 @@ def trained(run: dict, fraction: float | None = None) -> bool:
 
 def load_joined() -> list[dict]:
     """Every run with both its label (``trains`` at the forecast's default target) and its measurements."""
+    from rnndiag.forecast import TARGET_FRACTION
+
     labels = {(r["config"], r["seed"]): {**r, "trains": trained(r)}
               for r in map(json.loads, (HERE / "forecast_labels.jsonl").open())}
     out = []
@@ -113,8 +115,6 @@ def load_joined() -> list[dict]:
         key = (e["config"], e["seed"])
         if key in labels:
             measured = {k: _number(v) for k, v in e["measured"].items()}
-            from rnndiag.forecast import TARGET_FRACTION
-
             measured["target_loss"] = TARGET_FRACTION * measured["baseline"]  # the label's target
             measured.setdefault("hidden_size", labels[key]["hidden_size"])
             out.append({**labels[key], "measured": measured})
@@ -173,14 +173,9 @@ def observed_counts(tune) -> dict:
     rnndiag.forecast.observed turns into a probability)."""
     from rnndiag import forecast as fc
 
-    out = {name: {"runs": 0, "trained": 0} for name in ("probe_diverged", "probe_reached_target")}
+    out = {name: {"runs": 0, "trained": 0} for name in fc.SETTLING_OUTCOMES}
     for r in tune:
-        m = r["measured"]
-        if fc.method_of(m) != "probe":
-            continue
-        test = m.get("probe_test_loss")
-        name = ("probe_diverged" if m.get("probe_diverged") else
-                "probe_reached_target" if test is not None and test <= m["target_loss"] else None)
+        name = fc.probe_outcome(r["measured"])
         if name:
             out[name]["runs"] += 1
             out[name]["trained"] += int(r["trains"])

@@ -483,16 +483,27 @@ def forecast(model: RNNModel, task: str, seq_len: int, budget: Budget, *, seed: 
     return decide(measured, model, task, seq_len, budget, looked_at=looked_at)
 
 
+SETTLING_OUTCOMES = {"probe_diverged": "the probe diverged at this learning rate",
+                     "probe_reached_target": "the probe already reached the target"}
+
+
+def probe_outcome(measured: dict) -> str | None:
+    """The probe outcome that settles the question (a key of :data:`SETTLING_OUTCOMES`), or None."""
+    if method_of(measured) != "probe":
+        return None
+    if measured.get("probe_diverged"):
+        return "probe_diverged"
+    test = measured.get("probe_test_loss")
+    return "probe_reached_target" if test is not None and test <= measured["target_loss"] else None
+
+
 def observed(measured: dict) -> tuple[str, float, str] | None:
     """A probe outcome that settles the question (COEFFICIENTS["observed"]): (name, probability, words) -- the
     probability from the labelled tuning runs with the same outcome, (trained + 1) / (runs + 2) -- or None."""
-    test = measured.get("probe_test_loss")
-    if measured.get("probe_diverged"):
-        name, what = "probe_diverged", "the probe diverged at this learning rate"
-    elif measured.get("probe_steps", 0) > 0 and test is not None and test <= measured["target_loss"]:
-        name, what = "probe_reached_target", "the probe already reached the target"
-    else:
+    name = probe_outcome(measured)
+    if name is None:
         return None
+    what = SETTLING_OUTCOMES[name]
     seen = COEFFICIENTS["observed"][name]
     p = (seen["trained"] + 1) / (seen["runs"] + 2)
     return name, p, (f"{what}: of the {seen['runs']} labelled tuning runs whose probe did so, {seen['trained']} "
@@ -506,7 +517,7 @@ def decide(measured: dict, model: RNNModel, task: str, seq_len: int, budget: Bud
     model_method = method_of(measured)
     feats = features(measured, budget, task, seq_len, model.cell)
     p, terms = predict(feats, model_method)
-    settled = observed(measured) if model_method == "probe" else None
+    settled = observed(measured)
     if settled is not None:
         p = settled[1]
     decided = not (UNDECIDED[0] < p < UNDECIDED[1])

@@ -85,8 +85,10 @@ def _silence(stream) -> None:
     """The reader of ``stream`` went away (``| head``): later writes go to /dev/null instead of failing."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
 
 
 class _Console(Console):
